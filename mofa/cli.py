@@ -1,0 +1,78 @@
+"""The `mofa` command line. Every user-facing problem ends as one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mofa.errors import MofaError
+
+
+def _config(args: argparse.Namespace) -> dict:
+    from mofa.config import load_config
+    return load_config(args.config)
+
+
+def cmd_model_info(args: argparse.Namespace) -> None:
+    from mofa.facemodel import build_face_model
+    cfg = _config(args)
+    cfg["face_model"]["name"] = args.model
+    model = build_face_model(cfg, rebuild=args.rebuild)
+    print(model.card())
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from mofa import bench
+    from mofa.config import camera_from_config, select_device
+    from mofa.facemodel import build_face_model
+    cfg = _config(args)
+    if args.device:
+        cfg["device"] = args.device
+    if args.what == "decoder":
+        model, camera, device = build_face_model(cfg), camera_from_config(cfg), select_device(cfg)
+        print(f"decoder forward+backward (training region '{model.face_region}', incl. bilinear sampling "
+              f"and the photometric l2,1 term) on {device}:")
+        print(bench.format_rows(bench.bench_decoder(model, camera, device)))
+        print(f"renderer (Open3D ray casting, {camera.image_size}x{camera.image_size}):")
+        print(bench.format_rows([bench.bench_renderer(model, camera, n_images=args.images)]))
+    else:
+        raise MofaError(f"mofa bench: unknown benchmark '{args.what}'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mofa", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("model-info", help="print a face model's card (builds and caches it on first use)")
+    p.add_argument("model", choices=["ict", "bfm2009", "bfm2017"])
+    p.add_argument("--config", default="default", help="preset name (ci, default, paper) or YAML file")
+    p.add_argument("--rebuild", action="store_true", help="ignore the cached .npz")
+    p.set_defaults(func=cmd_model_info)
+
+    p = sub.add_parser("bench", help="print speed figures (not a test)")
+    p.add_argument("what", choices=["decoder"])
+    p.add_argument("--config", default="default", help="preset name or YAML file")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
+    p.add_argument("--images", type=int, default=200, help="images to render for the renderer figure")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.func(args)
+    except MofaError as exc:
+        print(f"mofa: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mofa: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

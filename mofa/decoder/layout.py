@@ -1,0 +1,68 @@
+"""The code vector's layout, derived from the face model: named slices, never a hard-coded size."""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import torch
+
+N_ROTATION = 3
+N_TRANSLATION = 3
+N_SH_BANDS = 9
+N_LIGHT = 3 * N_SH_BANDS
+
+
+class Code(NamedTuple):
+    """A code split into its parts; every field is (B, k)."""
+    shape: torch.Tensor
+    expression: torch.Tensor
+    reflectance: torch.Tensor
+    rotation: torch.Tensor  # (B, 3) pitch, yaw, roll in radians
+    translation: torch.Tensor  # (B, 3) in units of the camera's translation_scale_mm
+    light: torch.Tensor  # (B, 27) SH coefficients, channel-major (R 0..8, G 0..8, B 0..8)
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeLayout:
+    """Sizes of each part of x = (alpha, delta, beta, rotation, translation, gamma)."""
+    n_shape: int
+    n_expression: int
+    n_reflectance: int
+
+    @classmethod
+    def for_model(cls, model) -> "CodeLayout":
+        return cls(model.n_shape, model.n_expression, model.n_reflectance)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {"shape": self.n_shape, "expression": self.n_expression,
+                "reflectance": self.n_reflectance, "rotation": N_ROTATION,
+                "translation": N_TRANSLATION, "light": N_LIGHT}
+
+    @property
+    def slices(self) -> dict[str, slice]:
+        out, start = {}, 0
+        for name, size in self.sizes.items():
+            out[name] = slice(start, start + size)
+            start += size
+        return out
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes.values())
+
+    def split(self, code: torch.Tensor) -> Code:
+        """code: (B, size) -> Code of (B, k) views."""
+        if code.shape[-1] != self.size:
+            raise ValueError(f"code has {code.shape[-1]} entries, the face model's layout needs {self.size} "
+                             f"({', '.join(f'{k} {v}' for k, v in self.sizes.items())})")
+        return Code(*(code[..., s] for s in self.slices.values()))
+
+    def join(self, **parts: torch.Tensor) -> torch.Tensor:
+        """Build a (B, size) code from named parts; missing parts are zero."""
+        ref = next(iter(parts.values()))
+        batch = ref.shape[0]
+        code = ref.new_zeros(batch, self.size)
+        for name, value in parts.items():
+            code[:, self.slices[name]] = value
+        return code
