@@ -54,15 +54,19 @@ def test_expression_modes_are_orthogonal_and_span_the_blendshapes(ict_model, ict
     coeffs = np.linalg.lstsq(basis.T, smile, rcond=None)[0]
     assert np.linalg.norm(basis.T @ coeffs - smile) < 1e-4 * np.linalg.norm(smile)
     assert 0.05 < np.abs(coeffs).max() < 5, "a full blendshape has coefficients of order one"
+    smile_index = json.loads((ict_dir / "FaceXModel" / "vertex_indices.json").read_text())["expressions"].index("mouthSmile_L")
+    np.testing.assert_allclose(ict_model.expression_examples[smile_index], coeffs, atol=1e-3)
 
 
 def test_expression_pca_on_a_known_case():
     offsets = np.zeros((2, 2, 3))
     offsets[0, 0, 0], offsets[1, 1, 1] = 3.0, 4.0  # two orthogonal blendshapes
-    modes = expression_pca(offsets, 2)
+    modes, examples = expression_pca(offsets, 2)
     # singular values 4 and 3, over sqrt(2) samples
     np.testing.assert_allclose(np.linalg.norm(modes.reshape(2, -1), axis=1), [4 / np.sqrt(2), 3 / np.sqrt(2)])
     assert modes[0, 1, 1] > 0 and modes[1, 0, 0] > 0
+    # each blendshape is reproduced by its example coefficients
+    np.testing.assert_allclose(np.einsum("mk,knc->mnc", examples, modes), offsets, atol=1e-12)
     with pytest.raises(MofaError, match="at most 2"):
         expression_pca(offsets, 3)
 

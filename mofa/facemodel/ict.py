@@ -72,8 +72,9 @@ def read_obj_triangles(path: Path) -> np.ndarray:
     return np.asarray(tris, dtype=np.int64)
 
 
-def expression_pca(offsets: np.ndarray, n_modes: int) -> np.ndarray:
-    """offsets: (M, N, 3) blendshape targets minus neutral -> (n_modes, N, 3) expression basis.
+def expression_pca(offsets: np.ndarray, n_modes: int) -> tuple[np.ndarray, np.ndarray]:
+    """offsets: (M, N, 3) blendshape targets minus neutral -> expression basis (n_modes, N, 3) and
+    each blendshape's coefficients in it (M, n_modes).
 
     Uncentred PCA (SVD of the offsets), so zero coefficients give the neutral face. Mode k is the k-th
     right singular vector times sigma_k = s_k / sqrt(M), the RMS of the blendshapes' projections on
@@ -83,10 +84,12 @@ def expression_pca(offsets: np.ndarray, n_modes: int) -> np.ndarray:
     m = offsets.shape[0]
     if n_modes > m:
         raise MofaError(f"asked for {n_modes} expression modes; {m} blendshapes give at most {m}")
-    _, s, vt = np.linalg.svd(offsets.reshape(m, -1), full_matrices=False)
+    u, s, vt = np.linalg.svd(offsets.reshape(m, -1), full_matrices=False)
     modes = vt[:n_modes] * (s[:n_modes, None] / np.sqrt(m))
     sign = np.sign(modes[np.arange(n_modes), np.abs(modes).argmax(1)])
-    return (modes * sign[:, None]).reshape(n_modes, -1, 3)
+    # offsets = U S Vt, so blendshape j = sum_k U_jk sqrt(M) * mode_k
+    examples = u[:, :n_modes] * np.sqrt(m) * sign
+    return (modes * sign[:, None]).reshape(n_modes, -1, 3), examples
 
 
 def load_ict(folder: str | Path, n_shape: int = 80, n_expression: int = 53, n_reflectance: int = 80,
@@ -124,7 +127,10 @@ def load_ict(folder: str | Path, n_shape: int = 80, n_expression: int = 53, n_re
 
     # identityNNN - neutral is a PCA mode already scaled by its standard deviation (PROVENANCE.md).
     shape_basis = offsets([f"identity{k:03d}" for k in range(n_shape)])
-    expression_basis = expression_pca(offsets(expression_names), n_expression) if n_expression else np.zeros((0, n, 3))
+    if n_expression:
+        expression_basis, expression_examples = expression_pca(offsets(expression_names), n_expression)
+    else:
+        expression_basis, expression_examples = np.zeros((0, n, 3)), np.zeros((len(expression_names), 0))
 
     landmarks = np.asarray(README_LANDMARKS, dtype=np.int64)
     regions = {
@@ -162,5 +168,6 @@ def load_ict(folder: str | Path, n_shape: int = 80, n_expression: int = 53, n_re
         licence=LICENCE,
         source=f"{SOURCE}; read from {root}",
         reflectance_source="analytic prior (mofa.facemodel.reflectance), NOT scan-derived: ICT-FaceKit has no albedo model",
+        expression_examples=expression_examples.astype(np.float32),
         notes=f"expression basis: uncentred PCA of {len(expression_names)} ARKit-style blendshapes, scaled by std. dev.",
     )

@@ -27,6 +27,8 @@ class FaceModel:
     triangles: (T, 3) int64 vertex indices, counter-clockwise seen from outside (outward normals).
     landmarks: (68,) int64 vertex indices in the Multi-PIE/iBUG 68-point order.
     regions: name -> (N,) bool vertex masks; `face_region` names the one used for training.
+    expression_examples: (M, Ke) expression coefficients of the model's own blendshapes (realistic
+        expressions for synthetic data), or None when the model has none (BFM).
     """
 
     name: str
@@ -44,6 +46,7 @@ class FaceModel:
     source: str = ""
     reflectance_source: str = ""
     notes: str = ""
+    expression_examples: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.mean_shape.shape[0]
@@ -55,6 +58,8 @@ class FaceModel:
             ("reflectance_basis", self.reflectance_basis.ndim == 3 and self.reflectance_basis.shape[1:] == (n, 3)),
             ("triangles", self.triangles.ndim == 2 and self.triangles.shape[1] == 3),
             ("landmarks", self.landmarks.shape == (68,)),
+            ("expression_examples", self.expression_examples is None
+             or (self.expression_examples.ndim == 2 and self.expression_examples.shape[1] == self.n_expression)),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:
@@ -120,6 +125,10 @@ class FaceModel:
     def truncated(self, n_shape: int | None = None, n_expression: int | None = None,
                   n_reflectance: int | None = None) -> "FaceModel":
         """The model with only the first modes of each basis."""
+        examples = self.expression_examples
+        if examples is not None and n_expression is not None:
+            examples = examples[:, :n_expression]
+
         def cut(basis: np.ndarray, k: int | None, what: str) -> np.ndarray:
             if k is None:
                 return basis
@@ -131,6 +140,7 @@ class FaceModel:
             shape_basis=cut(self.shape_basis, n_shape, "shape"),
             expression_basis=cut(self.expression_basis, n_expression, "expression"),
             reflectance_basis=cut(self.reflectance_basis, n_reflectance, "reflectance"),
+            expression_examples=examples,
         )
 
     # -- model card --------------------------------------------------------------------------
@@ -174,6 +184,8 @@ class FaceModel:
             "region_names": np.array(list(self.regions), dtype=str),
             "region_masks": np.stack(list(self.regions.values())),
         }
+        if self.expression_examples is not None:
+            arrays["expression_examples"] = self.expression_examples
         for key in ("name", "face_region", "units", "licence", "source", "reflectance_source", "notes"):
             arrays[key] = np.array(getattr(self, key), dtype=str)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -205,6 +217,7 @@ class FaceModel:
                     face_region=str(z["face_region"]), units=str(z["units"]),
                     licence=str(z["licence"]), source=str(z["source"]),
                     reflectance_source=str(z["reflectance_source"]), notes=str(z["notes"]),
+                    expression_examples=z["expression_examples"] if "expression_examples" in z else None,
                 )
         except MofaError:
             raise

@@ -25,7 +25,7 @@ RED_GREEN = np.array([1.0, -1.0, 0.0]) / np.sqrt(2)
 YELLOW_BLUE = np.array([1.0, 1.0, -2.0]) / np.sqrt(6)
 # Per-vertex RMS (over skin vertices and channels) of one standard deviation of each named mode.
 NAMED_MODE_RMS = {"tone": 0.05, "redness": 0.025, "yellowness": 0.02, "lip_colour": 0.012,
-                  "lip_darkness": 0.01, "brow_darkness": 0.012, "cheek_flush": 0.012}
+                  "lip_darkness": 0.01, "brow_darkness": 0.005, "cheek_flush": 0.003}
 SPATIAL_RMS = 0.02  # first luminance cosine mode; higher frequencies and chroma are smaller
 
 
