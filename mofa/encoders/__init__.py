@@ -1,0 +1,117 @@
+"""Encoders: image -> code. A CNN backbone whose last layer is a zero-initialised code regressor.
+
+Add an encoder in one place: subclass `Encoder` (see `head.py`), decorate it with
+`@register_encoder("name")`, and `build_encoder("name", layout)` builds it, from a seeded random init or
+from a pre-trained state dict.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mofa.decoder.layout import CodeLayout
+from mofa.encoders.alexnet import AlexNetEncoder
+from mofa.encoders.head import IMAGENET_MEAN, IMAGENET_STD, CodeHead, Encoder
+from mofa.encoders.vgg import VGGFaceEncoder, convert_vgg_face_state_dict
+from mofa.errors import MofaError
+
+ENCODERS: dict[str, type[Encoder]] = {"alexnet": AlexNetEncoder, "vgg_face": VGGFaceEncoder}
+
+_KEYS_SHOWN = 5
+
+
+def register_encoder(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
+    """Class decorator: make an `Encoder` subclass buildable as `build_encoder(name, ...)`. Its
+    constructor takes (layout, rotation_bound_rad=None)."""
+    def register(cls: type[Encoder]) -> type[Encoder]:
+        if not (isinstance(cls, type) and issubclass(cls, Encoder)):
+            raise TypeError(f"register_encoder({name!r}) needs an Encoder subclass, got {cls!r}")
+        if ENCODERS.get(name, cls) is not cls:
+            raise ValueError(f"an encoder named {name!r} is already registered ({ENCODERS[name].__name__})")
+        ENCODERS[name] = cls
+        return cls
+    return register
+
+
+def build_encoder(name: str, code_layout: CodeLayout, weights_path: str | Path | None = None,
+                  rotation_bound_rad: float | None = None, seed: int = 0) -> Encoder:
+    """The encoder `name` with a zero-initialised code head of `code_layout.size` outputs.
+
+    Backbone: seeded random init (the global RNG is left untouched), or, with `weights_path`, a
+    pre-trained state dict (its last layer is dropped: the code head replaces it)."""
+    if name not in ENCODERS:
+        raise MofaError(f"unknown encoder {name!r}: choose one of {', '.join(sorted(ENCODERS))}")
+    if weights_path is not None:
+        _check_weights_file(Path(weights_path))  # fail before building a large network
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = ENCODERS[name](code_layout, rotation_bound_rad=rotation_bound_rad)
+    encoder.pretrained = False
+    encoder.init_description = f"random init (seed {seed}), no pre-trained weights"
+    if weights_path is not None:
+        load_backbone_weights(encoder, weights_path)
+    return encoder
+
+
+def _first(keys, limit: int = _KEYS_SHOWN) -> str:
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def _check_weights_file(path: Path) -> None:
+    if not path.is_file():
+        raise MofaError(f"encoder weights file {path} not found: check the encoder weights path in the "
+                        f"config, or leave it empty to start from a random init")
+
+
+def load_backbone_weights(encoder: Encoder, path: str | Path) -> None:
+    """Copy a pre-trained state dict (raw, or under 'state_dict') into `encoder`, except its last layer.
+
+    Loads without executing code (`weights_only=True`). Every backbone key must be present with the
+    right shape and no other key may appear: otherwise MofaError naming the file and the keys."""
+    path = Path(path)
+    _check_weights_file(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same user problem
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MofaError(f"{path}: not a readable PyTorch state dict ({first_line}); expected a file "
+                        f"written by torch.save(model.state_dict())") from None
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MofaError(f"{path}: expected a state dict (parameter name -> tensor) or {{'state_dict': ...}}, "
+                        f"got {type(state).__name__}")
+    if state and all(key.startswith("module.") for key in state):  # saved from DataParallel
+        state = {key[len("module."):]: value for key, value in state.items()}
+    state = encoder.adapt_state_dict(state)
+
+    head = encoder.head_prefix + "."
+    own = {key: value for key, value in encoder.state_dict().items() if not key.startswith(head)}
+    given = {key: value for key, value in state.items() if not key.startswith(head)}
+    wrong_shape = [f"{key} {tuple(given[key].shape)} (expected {tuple(value.shape)})"
+                   for key, value in own.items() if key in given and given[key].shape != value.shape]
+    if wrong_shape:
+        raise MofaError(f"{path}: shape mismatch for {type(encoder).__name__}: {_first(wrong_shape, 3)}; "
+                        f"are these weights for a different network?")
+    missing = [key for key in own if key not in given]
+    unexpected = [key for key in given if key not in own]
+    if missing or unexpected:
+        problems = ([f"missing keys: {_first(missing)}"] if missing else []) + \
+                   ([f"unexpected keys: {_first(unexpected)}"] if unexpected else [])
+        raise MofaError(f"{path}: does not fit {type(encoder).__name__} ({'; '.join(problems)}); "
+                        f"expected torchvision layer names such as {_first(own, 3)}")
+    with torch.no_grad():
+        for key, value in encoder.state_dict().items():
+            if key in given:
+                value.copy_(given[key])
+    encoder.pretrained = True
+    encoder.init_description = (f"pre-trained weights from {path.name}, last layer replaced by a "
+                                f"zero-initialised code regressor")
+
+
+__all__ = ["ENCODERS", "IMAGENET_MEAN", "IMAGENET_STD", "AlexNetEncoder", "CodeHead", "Encoder",
+           "VGGFaceEncoder", "build_encoder", "convert_vgg_face_state_dict", "load_backbone_weights",
+           "register_encoder"]
