@@ -26,7 +26,7 @@ class PinholeCamera:
     translation_scale_mm: millimetres per unit of the code's translation entries.
     """
     image_size: int = 240
-    focal_length_px: float = 1200.0
+    focal_length_px: float = 800.0
     distance_mm: float = 1000.0
     translation_scale_mm: float = 10.0
 

@@ -192,6 +192,7 @@ class FaceModel:
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, **arrays)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a model cache is for everyone to read
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

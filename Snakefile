@@ -1,0 +1,29 @@
+# MoFA-Bench workflow. `snakemake --cores all` regenerates every result of the `default` preset;
+# `--configfile config/ci.yaml` (or paper.yaml, or your own file) picks another. Keys and defaults:
+# config/schema.yaml. Each rule calls one stage entry point in pipelines/; dvc.yaml runs the same ones.
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+# A preset given with --configfile replaces the default one instead of being merged on top of it,
+# so that Snakemake and `python -m pipelines.<stage> --config <file>` read the same values.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/default.yaml"
+
+
+validate(config, "config/schema.yaml")
+sys.path.insert(0, workflow.basedir)  # pipelines/ and mofa/ also without `pip install -e .`
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    input:
+        stage_targets("face_model"),
+
+
+include: "workflow/rules/face_model.smk"

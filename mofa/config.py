@@ -1,0 +1,224 @@
+"""Configuration: presets and config files, validated against `config/schema.yaml` with defaults filled.
+
+The schema is the one place where keys, types and defaults are defined. A preset name ('ci', 'default',
+'paper') stands for `config/<name>.yaml` in the repository; any other argument is a path to a YAML file.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+import yaml
+
+from mofa.errors import MofaError
+
+if TYPE_CHECKING:
+    import torch
+
+    from mofa.decoder import PinholeCamera
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "config"
+SCHEMA_PATH = CONFIG_DIR / "schema.yaml"
+
+ConfigSource = str | os.PathLike
+
+
+def _display(path: Path) -> str:
+    """A path as short as it can be said: relative to the working directory when below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """The mapping at the top of a YAML file; an empty file is {}."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MofaError(f"{_display(path)}: cannot read config ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise MofaError(f"{_display(path)}:{where}: not valid YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MofaError(f"{_display(path)}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+@functools.cache
+def load_schema() -> dict:
+    """The configuration JSON Schema (config/schema.yaml), checked against its meta-schema."""
+    if not SCHEMA_PATH.is_file():
+        raise MofaError(f"{SCHEMA_PATH}: config schema not found; run from a checkout of the repository "
+                        "(pip install -e .) so that config/ sits beside mofa/")
+    schema = read_yaml(SCHEMA_PATH)
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+    return schema
+
+
+def presets() -> list[str]:
+    """The preset names the schema allows, e.g. ['ci', 'default', 'paper']."""
+    return list(load_schema()["properties"]["preset"]["enum"])
+
+
+def preset_path(name: str) -> Path:
+    """config/<name>.yaml for a preset name."""
+    if name not in presets():
+        raise MofaError(f"unknown preset '{name}' (have {', '.join(presets())}; or give a path to a .yaml file)")
+    return CONFIG_DIR / f"{name}.yaml"
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator class that fills each missing property with a copy of its schema `default` before
+    checking it (as snakemake.utils.validate(set_default=True) does), so defaults of nested sections fill too."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if validator.is_type(instance, "object"):
+            for key, subschema in properties.items():
+                if "default" in subschema and key not in instance:
+                    instance[key] = copy.deepcopy(subschema["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key(path: Sequence[Any]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _describe(error: jsonschema.ValidationError) -> list[str]:
+    """One message per problem, naming the key path."""
+    key = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in known)
+        where = f"{key} takes" if key else "known keys:"
+        return [f"unknown key '{_key([*error.absolute_path, k])}' ({where} {', '.join(known)})" for k in unknown]
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return [f"missing key '{_key([*error.absolute_path, k])}'" for k in missing]
+    message = f"{key or '(top level)'}: {error.message}"
+    if error.validator == "type" and isinstance(error.instance, str):
+        try:
+            float(error.instance)
+            message += " (YAML reads 1e-3 as text: write 1.0e-3)"
+        except ValueError:
+            pass
+    return [message]
+
+
+def validate_config(cfg: dict, source: str = "config") -> dict:
+    """Check `cfg` against the schema and fill missing keys with their defaults, in place.
+
+    Returns `cfg`. Raises MofaError with one line naming `source` and every offending key path.
+    """
+    if not isinstance(cfg, dict):
+        raise MofaError(f"{source}: expected a mapping of config keys, got {type(cfg).__name__}")
+    schema = load_schema()
+    validator = _with_defaults(jsonschema.validators.validator_for(schema))(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (_key(e.absolute_path), e.validator))
+    if errors:
+        problems = [m for e in errors for m in _describe(e)]
+        raise MofaError(f"{source}: " + "; ".join(dict.fromkeys(problems)))
+    return cfg
+
+
+def merge(base: dict, update: Mapping) -> dict:
+    """`base` updated in place by `update`, nested mappings merged key by key (later wins)."""
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
+    return base
+
+
+def nest(dotted: Mapping) -> dict:
+    """{'face_model.n_shape': 10} -> {'face_model': {'n_shape': 10}}; plain keys pass through."""
+    out: dict = {}
+    for key, value in dotted.items():
+        *parents, leaf = str(key).split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        merge(node, {leaf: value})
+    return out
+
+
+def load_config(path_or_preset: ConfigSource | Sequence[ConfigSource], overrides: Mapping | None = None) -> dict:
+    """The validated config of a preset name or YAML file, defaults filled.
+
+    path_or_preset: 'ci' | 'default' | 'paper' (config/<name>.yaml in the repository) or a path; a list
+        of them is merged in order, later files winning (as Snakemake merges several --configfile).
+    overrides: nested or dotted keys applied last, e.g. {'face_model.n_shape': 10}.
+    """
+    items = [path_or_preset] if isinstance(path_or_preset, (str, os.PathLike)) else list(path_or_preset)
+    if not items:
+        raise MofaError("load_config: no preset or config file given")
+    cfg: dict = {}
+    sources = []
+    for item in items:
+        path = Path(item)
+        if isinstance(item, str) and path.suffix == "" and len(path.parts) == 1 and not path.exists():
+            path = preset_path(item)
+        merge(cfg, read_yaml(path))
+        sources.append(_display(path))
+    if overrides:
+        merge(cfg, nest(overrides))
+        sources.append("overrides")
+    return validate_config(cfg, " + ".join(sources))
+
+
+def results_dir(cfg: Mapping) -> Path:
+    """Where this preset's results go: <results_dir>/<preset>."""
+    return Path(cfg["results_dir"]) / cfg["preset"]
+
+
+def config_hash(cfg: Mapping) -> str:
+    """12 hex digits identifying a config (or a section of one), independent of key order."""
+    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def select_device(cfg: Mapping) -> "torch.device":
+    """The torch device the config asks for; 'auto' is cuda when torch sees a GPU, else cpu."""
+    import torch
+
+    wanted = cfg.get("device", "auto")
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise MofaError(f"device: cuda asked, but this torch ({torch.__version__}) sees no CUDA GPU; "
+                        "set device: auto or cpu")
+    return torch.device(wanted)
+
+
+def camera_from_config(cfg: Mapping) -> "PinholeCamera":
+    """The decoder's pinhole camera from cfg['camera']."""
+    from mofa.decoder import PinholeCamera
+
+    cam = cfg["camera"]
+    return PinholeCamera(image_size=int(cam["image_size"]), focal_length_px=float(cam["focal_length_px"]),
+                         distance_mm=float(cam["distance_mm"]),
+                         translation_scale_mm=float(cam["translation_scale_mm"]))
+
+
+__all__ = ["CONFIG_DIR", "REPO_ROOT", "SCHEMA_PATH", "camera_from_config", "config_hash", "load_config",
+           "load_schema", "merge", "nest", "preset_path", "presets", "read_yaml", "results_dir", "select_device",
+           "validate_config"]

@@ -1,0 +1,131 @@
+"""What every stage entry point shares: the command line, logging, timing and result files."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from mofa.config import config_hash, load_config, results_dir
+from mofa.errors import MofaError
+
+log = logging.getLogger("mofa.stage")
+
+
+def log_path(cfg: Mapping, stage: str) -> Path:
+    """results/<preset>/logs/<stage>.log"""
+    return results_dir(cfg) / "logs" / f"{stage}.log"
+
+
+def benchmark_path(cfg: Mapping, stage: str) -> Path:
+    """results/<preset>/benchmarks/<stage>.tsv (Snakemake's benchmark: wall time and memory)"""
+    return results_dir(cfg) / "benchmarks" / f"{stage}.tsv"
+
+
+def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", action="append", required=True, metavar="PRESET_OR_YAML",
+                        help="preset name (ci, default, paper) or config file; repeat to merge, later wins")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one key, e.g. face_model.n_shape=10 (the value is read as YAML)")
+    parser.add_argument("--log", type=Path, metavar="FILE", help="also write the log to this file")
+    return parser.parse_args(argv)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['face_model.n_shape=10'] -> {'face_model.n_shape': 10}"""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise MofaError(f"--set {pair}: expected KEY=VALUE, e.g. face_model.n_shape=10")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def setup_logging(log_file: Path | None = None) -> None:
+    """Log to stderr and, when given, to `log_file` (truncated: one run per file)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", handlers=handlers, force=True)
+
+
+@contextmanager
+def timed(what: str) -> Iterator[dict]:
+    """Log how long the block took; the yielded dict gets 'seconds' when it ends."""
+    timing: dict = {}
+    start = time.perf_counter()
+    try:
+        yield timing
+    finally:
+        timing["seconds"] = time.perf_counter() - start
+        log.info("%s: %.2f s", what, timing["seconds"])
+
+
+def _size(path: Path) -> str:
+    n = path.stat().st_size
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def wrote(path: Path) -> Path:
+    log.info("wrote %s (%s)", path, _size(path))
+    return path
+
+
+def write_json(path: Path, data: Mapping) -> Path:
+    """Write `data` as indented JSON atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return wrote(path)
+
+
+def publish(source: Path, target: Path) -> Path:
+    """Make `target` a hard link to `source` (a copy across file systems): a stable path for a file
+    in a cache keyed by options, without a second copy on disk."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return wrote(target)
+
+
+def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: list[str] | None = None) -> int:
+    """Command-line entry of a stage: parse, set up logging, load the config, run, report.
+
+    A MofaError ends the stage with its one-line message and exit status 2 (as the `mofa` command does).
+    """
+    args = parse_args(description, argv)
+    setup_logging(args.log)
+    try:
+        cfg = load_config(args.config, parse_overrides(args.overrides))
+        log.info("stage %s: config %s (preset %s, hash %s)", stage, " + ".join(args.config), cfg["preset"],
+                 config_hash(cfg))
+        with timed(f"stage {stage}"):
+            run(cfg)
+    except MofaError as exc:
+        log.error("stage %s: %s", stage, exc)
+        return 2
+    return 0

@@ -1,0 +1,187 @@
+"""Config loading: presets, defaults, one-line errors that name the key, agreement with Snakemake."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+
+from mofa.config import (CONFIG_DIR, SCHEMA_PATH, camera_from_config, config_hash, load_config, load_schema,
+                         presets, results_dir, select_device, validate_config)
+from mofa.errors import MofaError
+
+
+def write(tmp_path: Path, data: dict, name: str = "my.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def schema_defaults(schema: dict) -> dict:
+    """The config a schema's defaults alone give, nested sections included."""
+    out = {}
+    for key, sub in schema.get("properties", {}).items():
+        if sub.get("type") == "object":
+            out[key] = schema_defaults(sub)
+        elif "default" in sub:
+            out[key] = sub["default"]
+    return out
+
+
+def object_schemas(schema: dict, path: str = "(top level)"):
+    yield path, schema
+    for key, sub in schema.get("properties", {}).items():
+        if sub.get("type") == "object":
+            yield from object_schemas(sub, key if path == "(top level)" else f"{path}.{key}")
+
+
+def test_preset_files_match_schema_enum():
+    files = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.name != "schema.yaml")
+    assert files == sorted(presets()) == ["ci", "default", "paper"]
+
+
+@pytest.mark.parametrize("name", ["ci", "default", "paper"])
+def test_each_preset_loads(name):
+    cfg = load_config(name)
+    assert cfg["preset"] == name
+    assert load_config(CONFIG_DIR / f"{name}.yaml") == cfg  # a path means the same as the name
+    assert results_dir(cfg) == Path("results") / name
+    assert cfg["face_model"]["n_shape"] >= 0
+
+
+def test_ci_is_smaller_than_default():
+    ci, default = load_config("ci")["face_model"], load_config("default")["face_model"]
+    assert all(ci[k] <= default[k] for k in ("n_shape", "n_expression", "n_reflectance"))
+
+
+def test_schema_closes_every_section_and_defaults_every_key():
+    schema = load_schema()
+    for path, sub in object_schemas(schema):
+        assert sub.get("additionalProperties") is False, f"{path}: additionalProperties must be false"
+        for key, prop in sub["properties"].items():
+            if path == "(top level)" and key == "preset":
+                continue  # the one key without a default: a config must say which preset it is
+            assert "default" in prop, f"{path}.{key}: no default"
+
+
+def test_defaults_are_filled(tmp_path):
+    cfg = load_config(write(tmp_path, {"preset": "ci"}))
+    expected = schema_defaults(load_schema())
+    expected["preset"] = "ci"
+    assert cfg == expected
+    assert cfg["face_model"]["n_shape"] == 80 and cfg["camera"]["image_size"] == 240
+    assert cfg["light"]["ambient_offset"] == pytest.approx(0.7)
+
+
+def test_filled_defaults_are_copies(tmp_path):
+    first = load_config(write(tmp_path, {"preset": "ci"}))
+    first["face_model"]["n_shape"] = 1
+    assert load_config(write(tmp_path, {"preset": "ci"}))["face_model"]["n_shape"] == 80
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write(tmp_path, {"preset": "ci", "face_model": {"foo": 1}})
+    with pytest.raises(MofaError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "my.yaml" in message and "unknown key 'face_model.foo'" in message
+    assert "n_shape" in message  # says what the section does take
+    assert "\n" not in message
+
+
+def test_unknown_top_level_key_is_named(tmp_path):
+    with pytest.raises(MofaError, match=r"unknown key 'face_modle'"):
+        load_config(write(tmp_path, {"preset": "ci", "face_modle": {}}))
+
+
+def test_bad_type_names_the_key(tmp_path):
+    with pytest.raises(MofaError, match=r"my\.yaml: face_model\.n_shape: 'many' is not of type 'integer'"):
+        load_config(write(tmp_path, {"preset": "ci", "face_model": {"n_shape": "many"}}))
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(MofaError, match=r"ci\.yaml \+ overrides: face_model\.n_shape: -1 is less than the minimum of 0"):
+        load_config("ci", {"face_model": {"n_shape": -1}})
+
+
+def test_number_written_as_text_gets_a_hint(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text("preset: ci\ncamera:\n  focal_length_px: 8e2\n")  # YAML 1.1 reads 8e2 as a string
+    with pytest.raises(MofaError, match=r"camera\.focal_length_px: .*write 1\.0e-3"):
+        load_config(path)
+
+
+def test_missing_preset_and_unknown_preset(tmp_path):
+    with pytest.raises(MofaError, match=r"missing key 'preset'"):
+        load_config(write(tmp_path, {}))
+    with pytest.raises(MofaError, match=r"unknown preset 'tiny'"):
+        load_config("tiny")
+
+
+def test_unreadable_files_name_the_file(tmp_path):
+    with pytest.raises(MofaError, match=r"nope\.yaml: cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: [ci\n")
+    with pytest.raises(MofaError, match=r"bad\.yaml: line \d+: not valid YAML"):
+        load_config(bad)
+
+
+def test_overrides_nested_and_dotted():
+    cfg = load_config("ci", {"face_model.n_shape": 7, "camera": {"image_size": 112}})
+    assert cfg["face_model"]["n_shape"] == 7 and cfg["face_model"]["n_expression"] == 20
+    assert cfg["camera"]["image_size"] == 112 and cfg["camera"]["distance_mm"] == 1000
+
+
+def test_files_merge_in_order(tmp_path):
+    extra = write(tmp_path, {"face_model": {"n_shape": 3}}, "extra.yaml")
+    cfg = load_config(["ci", extra])
+    assert cfg["preset"] == "ci" and cfg["face_model"]["n_shape"] == 3 and cfg["face_model"]["n_expression"] == 20
+
+
+def test_config_hash_ignores_key_order_and_sees_values():
+    cfg = load_config("ci")
+    reordered = dict(reversed(list(cfg.items())))
+    assert config_hash(reordered) == config_hash(cfg)
+    changed = copy.deepcopy(cfg)
+    changed["seed"] = 1
+    assert config_hash(changed) != config_hash(cfg)
+
+
+def test_device_and_camera():
+    cfg = load_config("ci", {"device": "cpu", "camera": {"focal_length_px": 900}})
+    assert select_device(cfg).type == "cpu"
+    camera = camera_from_config(cfg)
+    assert (camera.image_size, camera.focal_length_px, camera.distance_mm, camera.translation_scale_mm) == (240, 900.0, 1000.0, 10.0)
+    assert select_device(load_config("ci")).type in ("cpu", "cuda")
+
+
+def _snakemake_validated(data: dict) -> dict:
+    from snakemake.utils import validate
+    data = copy.deepcopy(data)
+    validate(data, str(SCHEMA_PATH))
+    return data
+
+
+@pytest.mark.parametrize("name", ["ci", "default", "paper"])
+def test_snakemake_validate_agrees_with_load_config(name):
+    raw = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    assert _snakemake_validated(raw) == load_config(name)
+
+
+@pytest.mark.parametrize("bad", [
+    {"face_model": {"foo": 1}},
+    {"face_model": {"n_shape": -1}},
+    {"camera": {"image_size": "big"}},
+    {"device": "tpu"},
+    {"preset": "huge"},
+])
+def test_snakemake_validate_rejects_what_load_config_rejects(bad):
+    from mofa.config import merge
+    data = merge(yaml.safe_load((CONFIG_DIR / "ci.yaml").read_text()), bad)
+    with pytest.raises(WorkflowError):
+        _snakemake_validated(data)
+    with pytest.raises(MofaError):
+        validate_config(copy.deepcopy(data), "ci.yaml")
