@@ -1,0 +1,147 @@
+"""Speed benchmarks: the decoder with the photometric term (forward and backward), and the renderer.
+
+`bench_decoder` times what one training step spends outside the encoder: decode a batch of codes on
+the training region, sample the input image bilinearly at the projected vertices, reduce the
+l2,1 photometric loss over visible vertices (`mofa.losses.photometric_loss`) and back-propagate
+into the code.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from mofa.decoder import Decoder, PinholeCamera
+from mofa.losses import photometric_loss
+from mofa.render.raycast import render
+
+RENDER_REGIONS = ("face_head", "full_face")  # preferred regions for images, whole model otherwise
+
+
+def render_region_model(model):
+    """The sub-model drawn in images: 'face_head' if the model has it, else 'full_face', else all."""
+    for region in RENDER_REGIONS:
+        if region in model.regions:
+            return model.submesh(region)
+    return model
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_decoder(model, camera: PinholeCamera, device="cpu", batch_sizes=(5, 32), repeats: int = 20,
+                  warmup: int = 3, seed: int = 0) -> list[dict]:
+    """Time decoder forward (with the photometric loss) and forward + backward per batch size.
+
+    model: FaceModel (decoded on its training region, model.submesh(model.face_region));
+    returns one row per batch size: median milliseconds per batch over `repeats` runs after
+    `warmup` runs, and images per second of forward + backward.
+    """
+    device = torch.device(device)
+    training = model.submesh(model.face_region)
+    decoder = Decoder(training, camera).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    size = camera.image_size
+    rows = []
+    for batch in batch_sizes:
+        images = torch.rand(batch, 3, size, size, generator=generator).to(device)
+        code = (0.1 * torch.randn(batch, decoder.code_size, generator=generator)).to(device).requires_grad_(True)
+
+        def forward() -> torch.Tensor:
+            return photometric_loss(images, decoder(code), decoder.face_mask).sum()
+
+        def forward_backward() -> None:
+            code.grad = None
+            forward().backward()
+
+        timings = {}
+        for name, step in (("forward", forward), ("forward_backward", forward_backward)):
+            for _ in range(warmup):
+                step()
+            _synchronise(device)
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                step()
+                _synchronise(device)
+                seconds.append(time.perf_counter() - start)
+            timings[name] = statistics.median(seconds)
+        rows.append({
+            "bench": "decoder+photometric",
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "vertices": training.n_vertices,
+            "batch": batch,
+            "forward_ms": 1000 * timings["forward"],
+            "forward_backward_ms": 1000 * timings["forward_backward"],
+            "per_image_ms": 1000 * timings["forward_backward"] / batch,
+            "images_per_s": batch / timings["forward_backward"],
+        })
+    return rows
+
+
+def bench_renderer(model, camera: PinholeCamera, n_images: int = 50, supersample: int = 1,
+                   seed: int = 0) -> dict:
+    """Images per second of the ray-cast renderer on the image region ('face_head', else
+    'full_face', else the whole model) at random small poses and random shape and expression.
+
+    Decoding is done beforehand and not timed. Returns one row; its 'images_per_s' is the figure.
+    """
+    region_model = render_region_model(model)
+    decoder = Decoder(region_model, camera)
+    layout = decoder.layout
+    generator = torch.Generator().manual_seed(seed)
+    angles = torch.tensor([0.15, 0.5, 0.1])  # max |pitch|, |yaw|, |roll| in radians
+    code = layout.join(
+        shape=0.5 * torch.randn(n_images, layout.n_shape, generator=generator),
+        expression=0.5 * torch.randn(n_images, layout.n_expression, generator=generator),
+        rotation=(2 * torch.rand(n_images, 3, generator=generator) - 1) * angles,
+        translation=torch.randn(n_images, 3, generator=generator),
+    )
+    with torch.no_grad():
+        decoded = decoder(code)
+    vertices, colours = decoded.vertices.numpy(), decoded.colours.numpy()
+    triangles = np.ascontiguousarray(region_model.triangles, dtype=np.intp)
+    render(vertices[0], triangles, colours[0], camera, supersample=supersample)  # warm-up: ray grid cache
+    start = time.perf_counter()
+    covered = 0.0
+    for b in range(n_images):
+        covered += float(render(vertices[b], triangles, colours[b], camera, supersample=supersample).mask.mean())
+    seconds = time.perf_counter() - start
+    return {
+        "bench": "render",
+        "region": next((r for r in RENDER_REGIONS if r in model.regions), "all"),
+        "vertices": region_model.n_vertices,
+        "triangles": len(triangles),
+        "image_size": camera.image_size,
+        "supersample": supersample,
+        "images": n_images,
+        "coverage": covered / n_images,
+        "images_per_s": n_images / seconds,
+    }
+
+
+def format_rows(rows: list[dict]) -> str:
+    """A plain-text table of benchmark rows (columns: the union of keys, in first-seen order)."""
+    if not rows:
+        return "(no rows)"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            if value == 0 or not math.isfinite(value):
+                return f"{value:g}"
+            digits = max(0, 2 - int(math.floor(math.log10(abs(value)))))
+            return f"{value:.{digits}f}"
+        return "" if value is None else str(value)
+
+    table = [columns] + [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    lines = ["  ".join(text.rjust(w) for text, w in zip(line, widths)) for line in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Figures: matplotlib (Agg) plots written atomically as PNG."""
