@@ -24,6 +24,9 @@ include: "workflow/rules/common.smk"
 rule all:
     input:
         stage_targets("face_model"),
+        stage_targets("e1_synthetic"),
 
 
 include: "workflow/rules/face_model.smk"
+include: "workflow/rules/synthetic.smk"
+include: "workflow/rules/e1_synthetic.smk"

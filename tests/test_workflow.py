@@ -51,13 +51,15 @@ def test_dvc_stage_matches_its_module(stage):
     module = importlib.import_module(f"pipelines.{stage}")
     spec = dvc_stages()[stage]
     assert f"python -m pipelines.{stage} --config config/${{preset}}.yaml" in spec["cmd"]
-    assert set(entries(spec["deps"])) == set(module.SOURCES)
+    needed = {str(path).replace(f"results/{name}/", "results/${preset}/") for other in getattr(module, "NEEDS", ())
+              for name in ["default"] for path in importlib.import_module(f"pipelines.{other}").outputs(load_config(name)).values()}
+    assert set(entries(spec["deps"])) == set(module.SOURCES) | needed
     (params_file, sections), = entries(spec["params"]).items()
     assert params_file == "config/${preset}.yaml"
     assert tuple(sections) == module.PARAMS
     for name in presets():
         declared = {path.replace("${preset}", name) for path in
-                    [*entries(spec.get("outs", [])), *entries(spec.get("metrics", []))]}
+                    [*entries(spec.get("outs", [])), *entries(spec.get("metrics", [])), *entries(spec.get("plots", []))]}
         assert declared == {str(p) for p in module.outputs(load_config(name)).values()}, name
         # DVC reads these sections straight from the preset file, so each must be written there.
         raw = read_yaml(CONFIG_DIR / f"{name}.yaml")

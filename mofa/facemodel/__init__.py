@@ -12,7 +12,6 @@ from mofa.facemodel.model import FORMAT_VERSION, FaceModel
 
 log = logging.getLogger(__name__)
 
-LOADER_VERSION = 1  # bump when a loader's output changes, so old caches are rebuilt
 MODEL_KEYS = ("name", "n_shape", "n_expression", "n_reflectance", "face_region")
 
 
@@ -20,11 +19,19 @@ def _source_paths(fm: dict) -> list[str]:
     return [str(Path(p).resolve()) for p in (fm.get("path"), fm.get("expression_path"), fm.get("landmarks_path")) if p]
 
 
+def _loader_code_hash() -> str:
+    """Hash of the loaders' source: editing a loader rebuilds the models it made."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def cache_path(cfg: dict) -> Path:
     """Where the built model of this config is cached: <cache_dir>/<name>-<hash of the options>.npz."""
     fm = cfg["face_model"]
     key = {k: fm.get(k) for k in MODEL_KEYS}
-    key["versions"] = (FORMAT_VERSION, LOADER_VERSION)
+    key["versions"] = (FORMAT_VERSION, _loader_code_hash())
     if fm["name"] != "ict":  # user files: their identity is their path, size and time
         key["files"] = [(p, os.stat(p).st_size, int(os.stat(p).st_mtime)) for p in _source_paths(fm) if os.path.exists(p)]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

@@ -63,13 +63,24 @@ def _cast(vertices: np.ndarray, triangles: np.ndarray, rays: np.ndarray) -> dict
     return {k: hits[k].numpy() for k in ("t_hit", "primitive_ids", "primitive_uvs")}
 
 
+def back_face_culled(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """The triangles (T', 3) whose front (counter-clockwise) side faces the camera at the origin.
+
+    For an opaque closed surface the nearest hit is never a back face, so culling changes nothing but
+    the cost; through a hole in an open mesh the background shows instead of the inside, which is what
+    the decoder's front-facing visibility assumes too."""
+    a, b, c = (vertices[triangles[:, k]] for k in range(3))
+    return triangles[np.einsum("ij,ij->i", np.cross(b - a, c - a), a + b + c) < 0]
+
+
 def render(vertices, triangles, colours, camera: PinholeCamera, background=None,
-           supersample: int = 1) -> Rendered:
+           supersample: int = 1, cull_back_faces: bool = False) -> Rendered:
     """Ray-cast a triangle mesh with per-vertex colours through the pinhole camera.
 
     vertices: (N, 3) camera space, mm (numpy or torch; detached); triangles: (T, 3) int;
     colours: (N, 3) linear RGB; background: (H, W, 3) in [0, 1] or None (black);
-    supersample: s casts s x s rays per pixel and averages them (anti-aliased edges).
+    supersample: s casts s x s rays per pixel and averages them (anti-aliased edges);
+    cull_back_faces: drop triangles facing away from the camera first (faster; see back_face_culled).
     Colours are interpolated barycentrically inside the nearest triangle hit; returns Rendered.
     """
     size, s = camera.image_size, int(supersample)
@@ -88,6 +99,8 @@ def render(vertices, triangles, colours, camera: PinholeCamera, background=None,
         if bg.shape != (size, size, 3):
             raise ValueError(f"background is {bg.shape}, the camera needs ({size}, {size}, 3)")
     rays = _pixel_rays(size, float(camera.focal_length_px), float(camera.principal_point), s)
+    if cull_back_faces:
+        tris = np.ascontiguousarray(back_face_culled(verts, tris))
 
     # Only rays inside the mesh's projected bounding box (+1 px) can hit it: cast those alone.
     full = size * s

@@ -40,6 +40,12 @@ def stage_sources(name):
     return files
 
 
+def stage_inputs(name):
+    """The code a stage runs plus the outputs of the stages it needs (its module's NEEDS)."""
+    needed = [path for other in getattr(stage_module(name), "NEEDS", ()) for path in stage_targets(other)]
+    return stage_sources(name) + needed
+
+
 def stage_params(name):
     """The config sections a stage reads: a change to any of them reruns it."""
     return {section: config[section] for section in stage_module(name).PARAMS}

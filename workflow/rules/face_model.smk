@@ -1,7 +1,7 @@
 rule face_model:
     """Build (or read from the cache) the face model and draw its model card."""
     input:
-        stage_sources("face_model"),
+        stage_inputs("face_model"),
     output:
         **stage_outputs("face_model"),
     params:

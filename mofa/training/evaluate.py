@@ -1,0 +1,61 @@
+"""Evaluation of an encoder on held-out images: codes -> decoder -> the metrics of `mofa.metrics`."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mofa import metrics
+from mofa.decoder import Decoder
+from mofa.render.raycast import render
+from mofa.training.trainer import predict_codes
+
+
+def render_estimates(decoder: Decoder, codes: torch.Tensor, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded faces (training region) rendered over their input images.
+
+    codes (B, D); images (B, 3, H, W) in [0, 1] -> rendered (B, H, W, 3), mask (B, H, W) bool.
+    """
+    with torch.no_grad():
+        out = decoder(codes.to(decoder.mean_shape.device))
+    verts, cols = out.vertices.cpu().numpy(), out.colours.clamp(0, 1).cpu().numpy()
+    tris = decoder.triangles.cpu().numpy()
+    backgrounds = images.permute(0, 2, 3, 1).cpu().numpy()
+    shots = [render(v, tris, c, decoder.camera, bg, cull_back_faces=True) for v, c, bg in zip(verts, cols, backgrounds)]
+    return np.stack([s.image for s in shots]), np.stack([s.mask for s in shots])
+
+
+def image_metrics(decoder: Decoder, codes: torch.Tensor, images: torch.Tensor,
+                  landmarks: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """Per-image photometric error (rendered estimate vs input over its face pixels) and, with
+    ground-truth landmarks (B, 68, 2) px, landmark error over the 46 points (px)."""
+    rendered, mask = render_estimates(decoder, codes, images)
+    out = {"photometric_error": metrics.photometric_error(rendered, images.permute(0, 2, 3, 1).cpu().numpy(), mask)}
+    if landmarks is not None:
+        with torch.no_grad():
+            screen = decoder(codes.to(decoder.mean_shape.device)).screen[:, decoder.landmarks]
+        out["landmark_error"] = metrics.landmark_error(screen.cpu().numpy(), landmarks.cpu().numpy())
+    return out
+
+
+def synthetic_evaluator(decoder: Decoder, test_set, n_images: int, input_size: int,
+                        device: torch.device | str = "cpu") -> Callable[[torch.nn.Module], dict]:
+    """A function encoder -> {metric_mean, metric_median} on the first n_images of a synthetic split:
+    geometric error (mm, face region, after translation and isotropic scale), photometric error and
+    landmark error (46 points, px)."""
+    batch = test_set.batch(np.arange(min(n_images, len(test_set))), "cpu")
+
+    def evaluate(encoder: torch.nn.Module) -> dict:
+        codes = predict_codes(encoder, batch["images"].to(device), input_size).cpu()
+        with torch.no_grad():
+            pred_vertices = decoder(codes.to(decoder.mean_shape.device)).vertices.cpu().numpy()
+        per_image = {"geometric_error": metrics.geometric_error(pred_vertices, batch["vertices"].numpy()),
+                     **image_metrics(decoder, codes, batch["images"], batch["landmarks"])}
+        out = {}
+        for name, values in per_image.items():
+            summary = metrics.summarise(values)
+            out[f"{name}_mean"], out[f"{name}_median"] = summary["mean"], summary["median"]
+        return out
+
+    return evaluate

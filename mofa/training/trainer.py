@@ -1,0 +1,181 @@
+"""Unsupervised training of an encoder through the analytic decoder: AdaDelta, atomic checkpoints,
+exact resume, evaluation at fixed iterations into a metrics CSV.
+
+Exact resume without saved random state: iteration i draws its batch from
+`numpy.random.default_rng([seed, i])` and seeds torch (dropout) with `seed * 1_000_003 + i`, so a run
+resumed from the checkpoint of iteration k repeats iterations k+1.. exactly as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mofa.errors import MofaError
+from mofa.losses import LossWeights, mofa_loss
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+FINAL = "encoder.pt"
+METRICS = "metrics.csv"
+
+
+class TrainingData(Protocol):
+    def __len__(self) -> int: ...
+    def batch(self, indices, device="cpu") -> dict[str, torch.Tensor]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """One training run. iterations: optimiser steps; eval_at: iterations at which to evaluate
+    (0 and the last are always included); input_size: side the images are resized to for the
+    encoder (the loss always sees the full crop); land_decay_to: landmark weight at the last
+    iteration (linear decay from the loss weight's value; None keeps it constant)."""
+    iterations: int
+    batch_size: int = 5
+    lr: float = 0.1
+    lr_z: float = 0.0005
+    rho: float = 0.9
+    eval_at: tuple[int, ...] = ()
+    checkpoint_every: int = 100
+    input_size: int = 240
+    seed: int = 0
+    land_decay_to: float | None = None
+    progress: bool = True
+
+    def eval_points(self) -> list[int]:
+        return sorted({0, self.iterations, *[i for i in self.eval_at if 0 <= i <= self.iterations]})
+
+
+def encoder_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """images (B, 3, H, W) in [0, 1] -> (B, 3, size, size) for the encoder (antialiased resize)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def predict_codes(encoder: torch.nn.Module, images: torch.Tensor, input_size: int, batch_size: int = 32) -> torch.Tensor:
+    """Codes (B, D) for images (B, 3, H, W) in [0, 1], in eval mode, without gradients."""
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        codes = torch.cat([encoder(encoder_input(images[i:i + batch_size], input_size))
+                           for i in range(0, len(images), batch_size)])
+    encoder.train(was_training)
+    return codes
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MofaError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc}); delete it to start over") from None
+
+
+def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Module, data: TrainingData,
+          settings: TrainSettings, weights: LossWeights, evaluate: Callable[[torch.nn.Module], dict] | None = None,
+          device: torch.device | str = "cpu", resume: bool = True) -> pd.DataFrame:
+    """Train `encoder` (images -> codes) through `decoder` on `data`; returns the metrics table.
+
+    run_dir receives checkpoint.pt (every `checkpoint_every` iterations and at the end), metrics.csv
+    (one row per evaluation: iteration, loss terms, what `evaluate` returns) and encoder.pt (final
+    weights). With resume, an existing checkpoint is continued.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    encoder.to(device).train()
+    decoder.to(device)
+    optimiser = torch.optim.Adadelta(encoder.parameter_groups(settings.lr, settings.lr_z), rho=settings.rho)
+    rows: list[dict] = []
+    start_it, running = 0, None
+    ckpt_path = run_dir / CHECKPOINT
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        if state.get("settings") != _settings_key(settings):
+            raise MofaError(f"{ckpt_path}: was written with other training settings; delete the run folder to start over")
+        encoder.load_state_dict(state["encoder"])
+        optimiser.load_state_dict(state["optimiser"])
+        start_it = int(state["iteration"])
+        running = state.get("running_loss")
+        if (run_dir / METRICS).exists():
+            rows = [r for r in pd.read_csv(run_dir / METRICS).to_dict("records") if r["iteration"] <= start_it]
+        log.info("resumed %s at iteration %d", run_dir, start_it)
+    elif ckpt_path.exists():
+        ckpt_path.unlink()
+
+    eval_points = set(settings.eval_points())
+    n = len(data)
+    if n < settings.batch_size:
+        raise MofaError(f"training data has {n} images, fewer than the batch size {settings.batch_size}")
+    base_land = weights.land
+    if start_it == 0 and 0 in eval_points and evaluate is not None:
+        rows.append({"iteration": 0, "seconds": 0.0, **evaluate(encoder)})
+        atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
+    seconds = float(rows[-1]["seconds"]) if rows else 0.0
+    bar = tqdm(range(start_it + 1, settings.iterations + 1), initial=start_it, total=settings.iterations,
+               desc=f"train {run_dir.name}", unit="it", disable=not settings.progress, leave=False)
+    tick = time.perf_counter()
+    for it in bar:
+        rng = np.random.default_rng([settings.seed, it])
+        torch.manual_seed(settings.seed * 1_000_003 + it)
+        batch = data.batch(rng.choice(n, settings.batch_size, replace=False), device)
+        w = weights
+        if settings.land_decay_to is not None and base_land > 0:
+            frac = (it - 1) / max(1, settings.iterations - 1)
+            w = dataclasses.replace(weights, land=base_land + frac * (settings.land_decay_to - base_land))
+        code = encoder(encoder_input(batch["images"], settings.input_size))
+        use_landmarks = w.land > 0 and "landmarks" in batch
+        terms = mofa_loss(decoder, code, batch["images"], batch.get("landmarks") if use_landmarks else None,
+                          batch.get("landmark_confidence") if use_landmarks else None,
+                          w if use_landmarks else dataclasses.replace(w, land=0.0))
+        optimiser.zero_grad(set_to_none=True)
+        terms.total.backward()
+        optimiser.step()
+        loss = float(terms.total.detach())
+        if not np.isfinite(loss):
+            raise MofaError(f"{run_dir}: loss became {loss} at iteration {it}; lower the learning rate or check the data")
+        running = loss if running is None else 0.95 * running + 0.05 * loss
+        bar.set_postfix(loss=f"{running:.4f}")
+        if it in eval_points or it % settings.checkpoint_every == 0:
+            now = time.perf_counter()
+            seconds += now - tick
+            if it in eval_points and evaluate is not None:
+                rows.append({"iteration": it, "seconds": round(seconds, 2), "train_loss": running,
+                             **{f"train_{k}": v for k, v in terms.log().items()}, **evaluate(encoder)})
+                atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
+            atomic_torch_save({"iteration": it, "encoder": encoder.state_dict(), "optimiser": optimiser.state_dict(),
+                               "running_loss": running, "settings": _settings_key(settings)}, ckpt_path)
+            tick = time.perf_counter()
+    bar.close()
+    atomic_torch_save(encoder.state_dict(), run_dir / FINAL)
+    return pd.DataFrame(rows)
+
+
+def _settings_key(settings: TrainSettings) -> dict:
+    """What must match for a checkpoint to be resumed (progress display excluded)."""
+    d = dataclasses.asdict(settings)
+    d.pop("progress")
+    d["eval_at"] = list(d["eval_at"])
+    return d

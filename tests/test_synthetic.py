@@ -1,0 +1,95 @@
+"""Synthetic ground truth: deterministic from the seed, stored ground truth consistent with the decoder."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mofa.data.backgrounds import KINDS, sample_background
+from mofa.data.synthetic import CodeDistribution, SyntheticSet, generate_split, sample_code
+from mofa.decoder import Decoder, PinholeCamera
+from mofa.decoder.layout import CodeLayout
+from mofa.errors import MofaError
+
+CAMERA = PinholeCamera()
+
+
+@pytest.fixture(scope="module")
+def ci_model(ict_model):
+    return ict_model.truncated(8, 10, 8)
+
+
+def test_generation_is_deterministic_and_independent_of_batching(ci_model, tmp_path):
+    a = generate_split(tmp_path / "a", "test", 6, ci_model, CAMERA, seed=3, dist=CodeDistribution(),
+                       batch_size=4, progress=False)
+    generate_split(tmp_path / "b", "test", 6, ci_model, CAMERA, seed=3, dist=CodeDistribution(),
+                   batch_size=6, progress=False)
+    generate_split(tmp_path / "c", "test", 6, ci_model, CAMERA, seed=4, dist=CodeDistribution(),
+                   batch_size=6, progress=False)
+    for name in ("images", "codes", "landmarks", "landmark_visible", "vertices"):
+        np.testing.assert_array_equal(np.load(tmp_path / "a/test" / f"{name}.npy"),
+                                      np.load(tmp_path / "b/test" / f"{name}.npy"), err_msg=name)
+    assert not np.array_equal(np.load(tmp_path / "a/test/images.npy"), np.load(tmp_path / "c/test/images.npy"))
+    assert a["count"] == 6 and a["code_layout"]["shape"] == 8
+    assert json.loads((tmp_path / "a/test/manifest.json").read_text())["seed"] == 3
+    assert not (tmp_path / "a/test.partial").exists(), "the partial folder is renamed when complete"
+    samples = pd.read_csv(tmp_path / "a/test/samples.csv")
+    assert list(samples["index"]) == list(range(6)) and samples.yaw_deg.abs().max() <= 45
+
+
+def test_stored_ground_truth_matches_the_decoder(ci_model, tmp_path):
+    generate_split(tmp_path, "train", 4, ci_model, CAMERA, seed=0, dist=CodeDistribution(), progress=False)
+    data = SyntheticSet(tmp_path / "train")
+    batch = data.batch([2, 0])
+    assert batch["images"].shape == (2, 3, 240, 240) and batch["images"].dtype == torch.float32
+    face = ci_model.submesh(ci_model.face_region)
+    out = Decoder(face, CAMERA)(batch["codes"])
+    torch.testing.assert_close(batch["vertices"], out.vertices, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(batch["landmarks"], out.screen[:, face.landmarks], atol=1e-3, rtol=1e-5)
+    # the face is drawn where the decoder says: the image differs from its background at the nose tip
+    nose = batch["landmarks"][0, 30].round().long()
+    assert batch["landmark_visible"][0, 30]
+    pixel = batch["images"][0, :, nose[1], nose[0]]
+    colour = out.colours[0, face.landmarks[30]].clamp(0, 1)
+    assert (pixel - colour).abs().max() < 0.1
+
+
+def test_code_distribution(ci_model):
+    layout = CodeLayout.for_model(ci_model)
+    dist = CodeDistribution()
+    codes = np.stack([sample_code(np.random.default_rng([0, i]), layout, ci_model, dist)[0] for i in range(400)])
+    parts = layout.split(torch.from_numpy(codes))
+    assert abs(parts.shape.std().item() - 1) < 0.1 and abs(parts.reflectance.mean().item()) < 0.1
+    yaw = np.degrees(parts.rotation[:, 1].numpy())
+    assert yaw.min() >= -45 and yaw.max() <= 45 and yaw.std() > 20
+    assert np.abs(np.degrees(parts.rotation[:, 0].numpy())).max() <= 20  # pitch clipped at 2 std
+    light = parts.light.reshape(-1, 3, 9)
+    # mostly white light: the channels' coefficients are far more alike than the coefficients themselves
+    assert (light - light.mean(1, keepdim=True)).std() < 0.3 * light[..., 1:4].std()
+    # realistic expressions: sparse blendshape mixes reproduce the model's own examples
+    assert ci_model.expression_examples is not None and (parts.expression.abs().sum(1) == 0).any()
+
+
+def test_backgrounds_cover_every_kind(tmp_path):
+    import cv2
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((50, 80, 3), (10, 200, 30), np.uint8))
+    from mofa.data.backgrounds import list_images
+    files = list_images(folder)
+    for kind in KINDS:
+        img, got = sample_background(np.random.default_rng(0), 32, {kind: 1.0}, files)
+        assert got == kind and img.shape == (32, 32, 3) and img.min() >= 0 and img.max() <= 1
+    img, _ = sample_background(np.random.default_rng(0), 32, {"folder": 1.0}, files)
+    np.testing.assert_allclose(img[0, 0], [30 / 255, 200 / 255, 10 / 255], atol=1e-6)  # BGR file -> RGB
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MofaError, match="holds no images"):
+        list_images(tmp_path / "empty")
+
+
+def test_missing_split_is_a_clear_error(tmp_path):
+    with pytest.raises(MofaError, match="not a synthetic split"):
+        SyntheticSet(tmp_path)

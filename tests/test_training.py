@@ -1,0 +1,116 @@
+"""Training: a short run lowers the loss; an interrupted run resumes to the same numbers."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mofa.data.synthetic import CodeDistribution, SyntheticSet, generate_split
+from mofa.decoder import Decoder, PinholeCamera
+from mofa.encoders import build_encoder
+from mofa.errors import MofaError
+from mofa.losses import LossWeights, mofa_loss
+from mofa.training.evaluate import synthetic_evaluator
+from mofa.training.trainer import CHECKPOINT, FINAL, METRICS, TrainSettings, encoder_input, train
+
+CAMERA = PinholeCamera()
+
+
+@pytest.fixture(scope="module")
+def setup(ict_model, tmp_path_factory):
+    model = ict_model.truncated(8, 10, 8)
+    root = tmp_path_factory.mktemp("syn")
+    for split, n in (("train", 24), ("test", 4)):
+        generate_split(root, split, n, model, CAMERA, seed=0, dist=CodeDistribution(), progress=False)
+    decoder = Decoder(model.submesh(model.face_region), CAMERA)
+    return model, decoder, SyntheticSet(root / "train"), SyntheticSet(root / "test")
+
+
+def fresh_encoder(decoder):
+    return build_encoder("alexnet", decoder.layout, rotation_bound_rad=1.0, seed=0)
+
+
+SETTINGS = TrainSettings(iterations=8, batch_size=4, eval_at=(4,), checkpoint_every=3, input_size=64,
+                         seed=0, progress=False)
+
+
+def batch_loss(encoder, decoder, data) -> float:
+    batch = data.batch(np.arange(8))
+    encoder.eval()
+    with torch.no_grad():
+        return float(mofa_loss(decoder, encoder(encoder_input(batch["images"], 64)), batch["images"]).total)
+
+
+def test_short_training_run_lowers_the_loss(setup, tmp_path):
+    _, decoder, train_set, _ = setup
+    encoder = fresh_encoder(decoder)
+    before = batch_loss(encoder, decoder, train_set)
+    train(tmp_path, encoder, decoder, train_set, SETTINGS, LossWeights())
+    after = batch_loss(encoder, decoder, train_set)
+    assert after < 0.995 * before, (before, after)  # AdaDelta starts with tiny steps
+    assert (tmp_path / FINAL).exists() and (tmp_path / CHECKPOINT).exists()
+
+
+class Killed(Exception):
+    pass
+
+
+class DiesAt:
+    """Training data that raises at a given iteration's batch, like a killed process."""
+
+    def __init__(self, data, calls_before_death: int):
+        self.data, self.left = data, calls_before_death
+
+    def __len__(self):
+        return len(self.data)
+
+    def batch(self, indices, device="cpu"):
+        self.left -= 1
+        if self.left < 0:
+            raise Killed
+        return self.data.batch(indices, device)
+
+
+def test_interrupted_training_resumes_to_the_same_metrics(setup, tmp_path):
+    _, decoder, train_set, test_set = setup
+    evaluate = synthetic_evaluator(decoder, test_set, 4, 64)
+    whole = train(tmp_path / "whole", fresh_encoder(decoder), decoder, train_set, SETTINGS, LossWeights(), evaluate)
+
+    with pytest.raises(Killed):  # dies during iteration 8, after the checkpoint of iteration 6
+        train(tmp_path / "cut", fresh_encoder(decoder), decoder, DiesAt(train_set, 7), SETTINGS, LossWeights(), evaluate)
+    assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["iteration"] == 6
+    resumed = train(tmp_path / "cut", fresh_encoder(decoder), decoder, train_set, SETTINGS, LossWeights(), evaluate)
+
+    metric_columns = [c for c in whole.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(whole[metric_columns], resumed[metric_columns])
+    assert list(whole.iteration) == [0, 4, 8]
+    a = torch.load(tmp_path / "whole" / FINAL, weights_only=True)
+    b = torch.load(tmp_path / "cut" / FINAL, weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    on_disk = pd.read_csv(tmp_path / "cut" / METRICS)
+    assert list(on_disk.iteration) == [0, 4, 8]
+
+
+def test_resume_with_other_settings_is_refused(setup, tmp_path):
+    _, decoder, train_set, _ = setup
+    short = dataclasses.replace(SETTINGS, iterations=3, eval_at=())
+    train(tmp_path, fresh_encoder(decoder), decoder, train_set, short, LossWeights())
+    with pytest.raises(MofaError, match="other training settings"):
+        train(tmp_path, fresh_encoder(decoder), decoder, train_set,
+              dataclasses.replace(short, lr=0.5), LossWeights())
+
+
+def test_zero_code_evaluation_is_the_mean_face(setup):
+    """At iteration 0 the zero-initialised head predicts the mean face: the geometric error is that
+    of the mean face, computed here independently of the encoder."""
+    model, decoder, _, test_set = setup
+    evaluate = synthetic_evaluator(decoder, test_set, 4, 64)
+    result = evaluate(fresh_encoder(decoder))
+    from mofa.metrics import geometric_error
+    mean_face = decoder(torch.zeros(4, decoder.code_size)).vertices
+    expected = geometric_error(mean_face.detach().numpy(), test_set.batch(np.arange(4))["vertices"].numpy())
+    assert result["geometric_error_mean"] == pytest.approx(float(expected.mean()), rel=1e-5)
+    assert 0 < result["photometric_error_mean"] < 1 and result["landmark_error_mean"] > 0
