@@ -25,8 +25,10 @@ rule all:
     input:
         stage_targets("face_model"),
         stage_targets("e1_synthetic"),
+        stage_targets("e7_speed"),
 
 
 include: "workflow/rules/face_model.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/e1_synthetic.smk"
+include: "workflow/rules/e7_speed.smk"

@@ -145,3 +145,88 @@ def format_rows(rows: list[dict]) -> str:
     lines = ["  ".join(text.rjust(w) for text, w in zip(line, widths)) for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _median_seconds(fn, repeats: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _synchronise(device)
+        start = time.perf_counter()
+        fn()
+        _synchronise(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), batch_sizes=(1, 32),
+                input_size: int = 240, device="cpu", repeats: int = 3, warmup: int = 1, seed: int = 0) -> list[dict]:
+    """Training throughput per encoder and batch size: one AdaDelta step (encoder forward, decoder,
+    photometric loss + regulariser, backward, update), and the share of it spent in decoder + loss
+    (forward and backward on the code alone)."""
+    from mofa.encoders import build_encoder
+    from mofa.losses import mofa_loss
+    from mofa.training.trainer import encoder_input
+
+    device = torch.device(device)
+    decoder = Decoder(model.submesh(model.face_region), camera).to(device)
+    size = camera.image_size
+    rows = []
+    for name in encoders:
+        encoder = build_encoder(name, decoder.layout, seed=seed).to(device).train()
+        optimiser = torch.optim.Adadelta(encoder.parameter_groups(0.1, 0.0005))
+        for batch in batch_sizes:
+            images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
+
+            def step() -> None:
+                optimiser.zero_grad(set_to_none=True)
+                mofa_loss(decoder, encoder(encoder_input(images, input_size)), images).total.backward()
+                optimiser.step()
+
+            code = torch.zeros(batch, decoder.code_size, device=device, requires_grad=True)
+
+            def decoder_and_loss() -> None:
+                code.grad = None
+                mofa_loss(decoder, code, images).total.backward()
+
+            t_step = _median_seconds(step, repeats, warmup, device)
+            t_dec = _median_seconds(decoder_and_loss, max(repeats, 5), warmup, device)
+            rows.append({"encoder": name, "batch": batch, "input_px": input_size, "step_ms": 1e3 * t_step,
+                         "images_per_s": batch / t_step, "decoder_loss_ms": 1e3 * t_dec,
+                         "decoder_loss_share": t_dec / t_step, "device": str(device)})
+    return rows
+
+
+def bench_infer(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), batch_sizes=(1, 32),
+                input_size: int = 240, device="cpu", repeats: int = 5, warmup: int = 1, seed: int = 0) -> list[dict]:
+    """Inference time per image: encoder forward and decoder, no gradients, eval mode."""
+    from mofa.encoders import build_encoder
+    from mofa.training.trainer import encoder_input
+
+    device = torch.device(device)
+    decoder = Decoder(model.submesh(model.face_region), camera).to(device)
+    rows = []
+    for name in encoders:
+        encoder = build_encoder(name, decoder.layout, seed=seed).to(device).eval()
+        for batch in batch_sizes:
+            images = torch.rand(batch, 3, camera.image_size, camera.image_size,
+                                generator=torch.Generator().manual_seed(seed)).to(device)
+
+            def infer() -> None:
+                with torch.no_grad():
+                    decoder(encoder(encoder_input(images, input_size)))
+
+            t = _median_seconds(infer, repeats, warmup, device)
+            rows.append({"encoder": name, "batch": batch, "input_px": input_size, "ms_per_image": 1e3 * t / batch,
+                         "device": str(device)})
+    return rows
+
+
+def device_name(device) -> str:
+    """A readable name of the device the numbers were measured on."""
+    import platform
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -35,6 +35,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(bench.format_rows(bench.bench_decoder(model, camera, device)))
         print(f"renderer (Open3D ray casting, {camera.image_size}x{camera.image_size}):")
         print(bench.format_rows([bench.bench_renderer(model, camera, n_images=args.images)]))
+    elif args.what in ("train", "infer"):
+        model, camera, device = build_face_model(cfg), camera_from_config(cfg), select_device(cfg)
+        input_size = args.input_size or camera.image_size
+        fn = bench.bench_train if args.what == "train" else bench.bench_infer
+        print(f"{args.what} on {bench.device_name(device)}, encoder input {input_size} px:")
+        print(bench.format_rows(fn(model, camera, encoders=args.encoders, input_size=input_size, device=device)))
     else:
         raise MofaError(f"mofa bench: unknown benchmark '{args.what}'")
 
@@ -51,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model_info)
 
     p = sub.add_parser("bench", help="print speed figures (not a test)")
-    p.add_argument("what", choices=["decoder"])
+    p.add_argument("what", choices=["decoder", "train", "infer"])
+    p.add_argument("--encoders", nargs="+", default=["alexnet", "vgg_face"], help="encoders to time (train, infer)")
+    p.add_argument("--input-size", type=int, help="encoder input side in px (default: the camera's crop)")
     p.add_argument("--config", default="default", help="preset name or YAML file")
     p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
     p.add_argument("--images", type=int, default=200, help="images to render for the renderer figure")

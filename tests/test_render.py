@@ -212,3 +212,16 @@ def test_face_model_card_png(small_face_model, tmp_path):
     assert out == tmp_path / "figs" / "card.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in out.parent.iterdir()] == ["card.png"]  # no temporary file left
+
+
+def test_train_and_infer_bench_rows(small_face_model):
+    from mofa.bench import bench_infer, bench_train
+    camera = PinholeCamera(image_size=64, focal_length_px=320.0)
+    train = bench_train(small_face_model, camera, encoders=("alexnet",), batch_sizes=(1, 2), input_size=64,
+                        repeats=1, warmup=0)
+    infer = bench_infer(small_face_model, camera, encoders=("alexnet",), batch_sizes=(2,), input_size=64,
+                        repeats=1, warmup=0)
+    assert [(r["encoder"], r["batch"]) for r in train] == [("alexnet", 1), ("alexnet", 2)]
+    for r in train:
+        assert r["images_per_s"] > 0 and 0 < r["decoder_loss_share"] < 1
+    assert infer[0]["ms_per_image"] > 0

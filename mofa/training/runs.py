@@ -38,9 +38,10 @@ def settings_for(cfg: Mapping, iterations: int, n_evals: int, progress: bool = T
     tr = cfg["training"]
     step = max(1, iterations // max(1, n_evals))
     return TrainSettings(iterations=iterations, batch_size=tr["batch_size"], lr=tr["lr"], lr_z=tr["lr_z"],
-                         rho=tr["rho"], eval_at=tuple(range(step, iterations + 1, step)),
+                         rho=tr["rho"], eps=tr["eps"], eval_at=tuple(range(step, iterations + 1, step)),
                          checkpoint_every=tr["checkpoint_every"], input_size=tr["input_size"],
-                         seed=cfg["seed"], land_decay_to=tr["land_decay_to"], progress=progress)
+                         seed=cfg["seed"], land_decay_to=tr["land_decay_to"], blur_sigma_px=tr["blur_sigma_px"],
+                         blur_until=tr["blur_until"], progress=progress)
 
 
 def loss_weights(cfg: Mapping, landmarks: bool) -> LossWeights:

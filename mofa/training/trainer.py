@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -45,15 +46,32 @@ class TrainSettings:
     lr: float = 0.1
     lr_z: float = 0.0005
     rho: float = 0.9
+    eps: float = 1e-6
     eval_at: tuple[int, ...] = ()
     checkpoint_every: int = 100
     input_size: int = 240
     seed: int = 0
     land_decay_to: float | None = None
+    blur_sigma_px: float = 0.0
+    blur_until: float = 0.5
     progress: bool = True
 
     def eval_points(self) -> list[int]:
         return sorted({0, self.iterations, *[i for i in self.eval_at if 0 <= i <= self.iterations]})
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """images (B, C, H, W) blurred by a separable Gaussian of `sigma` px (reflect padding)."""
+    if sigma <= 0.05:
+        return images
+    radius = int(math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = images.shape[1]
+    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    out = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def encoder_input(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -107,7 +125,8 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
     device = torch.device(device)
     encoder.to(device).train()
     decoder.to(device)
-    optimiser = torch.optim.Adadelta(encoder.parameter_groups(settings.lr, settings.lr_z), rho=settings.rho)
+    optimiser = torch.optim.Adadelta(encoder.parameter_groups(settings.lr, settings.lr_z), rho=settings.rho,
+                                     eps=settings.eps)
     rows: list[dict] = []
     start_it, running = 0, None
     ckpt_path = run_dir / CHECKPOINT
@@ -147,7 +166,8 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
             w = dataclasses.replace(weights, land=base_land + frac * (settings.land_decay_to - base_land))
         code = encoder(encoder_input(batch["images"], settings.input_size))
         use_landmarks = w.land > 0 and "landmarks" in batch
-        terms = mofa_loss(decoder, code, batch["images"], batch.get("landmarks") if use_landmarks else None,
+        sigma = settings.blur_sigma_px * max(0.0, 1.0 - (it - 1) / max(1.0, settings.blur_until * settings.iterations))
+        terms = mofa_loss(decoder, code, gaussian_blur(batch["images"], sigma), batch.get("landmarks") if use_landmarks else None,
                           batch.get("landmark_confidence") if use_landmarks else None,
                           w if use_landmarks else dataclasses.replace(w, land=0.0))
         optimiser.zero_grad(set_to_none=True)

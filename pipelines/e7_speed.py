@@ -1,0 +1,61 @@
+"""Stage `e7_speed` (paper Sec. 7): training throughput and inference time per image for each
+encoder, at batch 1 and 32, with the share of a training step spent in decoder + loss; beside the
+paper's 4 ms (AlexNet) / 14 ms (VGG-Face) inference on a TitanX Pascal GPU.
+
+Writes results/<preset>/tables/e7_speed.csv + .md and metrics/e7_speed.json.
+
+    python -m pipelines.e7_speed --config config/ci.yaml
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from mofa.config import camera_from_config, results_dir, select_device
+from pipelines import _stage
+
+NAME = "e7_speed"
+NEEDS = ("face_model",)
+PARAMS = ("face_model", "camera", "training", "e7")
+SOURCES = ("config/schema.yaml", "mofa", "pipelines/_stage.py", "pipelines/tables.py", "pipelines/e7_speed.py")
+log = logging.getLogger(f"mofa.stage.{NAME}")
+
+
+def outputs(cfg: Mapping) -> dict[str, Path]:
+    root = results_dir(cfg)
+    return {"table": root / "tables" / "e7_speed.csv", "table_md": root / "tables" / "e7_speed.md",
+            "metrics": root / "metrics" / "e7_speed.json"}
+
+
+def run(cfg: dict) -> dict:
+    from mofa import bench
+    from mofa.facemodel import build_face_model
+    from mofa.paper import paper_value
+    from pipelines.tables import write_table
+
+    e7, out = cfg["e7"], outputs(cfg)
+    model, camera, device = build_face_model(cfg), camera_from_config(cfg), select_device(cfg)
+    input_size = cfg["training"]["input_size"]
+    common = dict(encoders=e7["encoders"], batch_sizes=e7["batch_sizes"], input_size=input_size, device=device,
+                  repeats=e7["repeats"])
+    infer = pd.DataFrame(bench.bench_infer(model, camera, **common))
+    train = pd.DataFrame(bench.bench_train(model, camera, **common))
+    table = infer.merge(train, on=["encoder", "batch", "input_px", "device"])
+    name = "AlexNet", "VGG-Face"
+    table["paper_inference_ms"] = [paper_value("E7", "inference_time", dict(alexnet=name[0], vgg_face=name[1]).get(e))
+                                   for e in table.encoder]
+    table["paper_device"] = "TitanX Pascal GPU"
+    table["device"] = bench.device_name(device)
+    write_table(table, out["table"], out["table_md"], cfg,
+                title=f"E7 (Sec. 7): speed on {bench.device_name(device)}, encoder input {input_size} px")
+    metrics = {f"{r.encoder}_b{r.batch}_{k}": getattr(r, k) for r in table.itertuples()
+               for k in ("ms_per_image", "images_per_s", "decoder_loss_share")}
+    _stage.write_json(out["metrics"], metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    raise SystemExit(_stage.main(NAME, run, __doc__.splitlines()[0]))
