@@ -24,10 +24,15 @@ help:
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@# Open3D's library links libusb-1.0, which slim Debian images lack.
-	@if ! { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } | grep -q 'libusb-1\.0'; then \
-	  echo "Open3D needs libusb-1.0: installing the Debian package libusb-1.0-0"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libusb-1.0-0; \
+	@# Shared libraries that slim Debian images lack: Open3D links libusb-1.0; the OpenCV wheel that
+	@# mediapipe requires (opencv-contrib-python, not headless) links libGL and GLib.
+	@missing=""; libs="$$( { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } )"; \
+	for pair in libusb-1.0.so.0:libusb-1.0-0 libGL.so.1:libgl1 libglib-2.0.so.0:libglib2.0-0; do \
+	  echo "$$libs" | grep -q "$${pair%%:*}" || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages the wheels need:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 	@test -x $(BIN)/python || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet -e '.[pipeline,test]'
