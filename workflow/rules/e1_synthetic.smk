@@ -7,6 +7,7 @@ rule e1_synthetic:
     params:
         command=stage_command("e1_synthetic"),
         settings=stage_params("e1_synthetic"),
+    threads: workflow.cores  # torch and Open3D use every core; Snakemake would otherwise allow one
     log:
         stage_log("e1_synthetic"),
     benchmark:

@@ -7,6 +7,7 @@ rule e7_speed:
     params:
         command=stage_command("e7_speed"),
         settings=stage_params("e7_speed"),
+    threads: workflow.cores  # torch and Open3D use every core; Snakemake would otherwise allow one
     log:
         stage_log("e7_speed"),
     benchmark:

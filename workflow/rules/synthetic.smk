@@ -7,6 +7,7 @@ rule synthetic:
     params:
         command=stage_command("synthetic"),
         settings=stage_params("synthetic"),
+    threads: workflow.cores  # torch and Open3D use every core; Snakemake would otherwise allow one
     log:
         stage_log("synthetic"),
     benchmark:
