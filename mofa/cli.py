@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from mofa.errors import MofaError
 
@@ -45,6 +46,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise MofaError(f"mofa bench: unknown benchmark '{args.what}'")
 
 
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from mofa.reconstruct import reconstruct
+    faces, failed = reconstruct(args.photos, args.out, args.checkpoint)
+    print(f"{faces} face{'s' if faces != 1 else ''} reconstructed, {failed} photo{'s' if failed != 1 else ''} failed")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mofa", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -64,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
     p.add_argument("--images", type=int, default=200, help="images to render for the renderer figure")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("reconstruct", help="reconstruct the faces in photos: mesh (.ply, .obj), overlay PNG, code JSON")
+    p.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
+    p.add_argument("--checkpoint", type=Path, help="encoder weights with encoder.json beside them "
+                   "(default: what `make reproduce` trained under results/default/runs/)")
+    p.set_defaults(func=cmd_reconstruct)
     return parser
 
 
@@ -72,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        args.func(args)
+        status = args.func(args)
     except MofaError as exc:
         print(f"mofa: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mofa: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

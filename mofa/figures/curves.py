@@ -23,13 +23,15 @@ def save_figure(fig, out_path: str | Path, dpi: int = 120) -> Path:
 
 
 def plot_curves(curves: pd.DataFrame | dict[str, pd.DataFrame], metrics: list[tuple[str, str]], out_path,
-                title: str, paper: dict[str, tuple[float | None, float | None]] | None = None) -> Path:
+                title: str, paper: dict[str, tuple] | None = None) -> Path:
     """One panel per metric: mean (solid) and median (dashed) against iterations, for one run or a
-    dict of named runs; the paper's start/end values (after its 200k iterations) as grey markers."""
+    dict of named runs; the paper's start/end values (after its 200k iterations) as grey markers.
+    paper: {metric: (start, end)}; an end may also be {run name: value}, drawn in that run's colour."""
     runs = curves if isinstance(curves, dict) else {"ours": curves}
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, (metric, unit) in zip(axes[0], metrics):
-        for (name, frame), colour in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        for (name, frame), colour in zip(runs.items(), palette):
             if f"{metric}_mean" not in frame:
                 continue
             ax.plot(frame.iteration, frame[f"{metric}_mean"], "-o", ms=3, color=colour, label=f"{name} mean")
@@ -38,7 +40,11 @@ def plot_curves(curves: pd.DataFrame | dict[str, pd.DataFrame], metrics: list[tu
         last = max(float(f.iteration.max()) for f in runs.values())
         if start is not None:
             ax.plot([0], [start], "s", color="grey", label="paper start")
-        if end is not None:
+        if isinstance(end, dict):
+            for name, colour in zip(runs, palette):
+                if end.get(name) is not None:
+                    ax.plot([last], [end[name]], "D", color=colour, mec="black", label=f"{name} paper end (200k it.)")
+        elif end is not None:
             ax.plot([last], [end], "D", color="grey", label="paper end (200k it.)")
         ax.set_xlabel("iteration")
         ax.set_ylabel(f"{metric.replace('_', ' ')} ({unit})")

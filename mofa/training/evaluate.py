@@ -59,3 +59,26 @@ def synthetic_evaluator(decoder: Decoder, test_set, n_images: int, input_size: i
         return out
 
     return evaluate
+
+
+def real_evaluator(decoder: Decoder, eval_set, n_images: int, input_size: int,
+                   device: torch.device | str = "cpu") -> Callable[[torch.nn.Module], dict]:
+    """A function encoder -> {metric_mean, metric_median} on the first n_images of a real-face split
+    (a RealFaceSet): landmark error (46 points, crop px) against the dataset's ground-truth landmarks
+    (images without them are skipped), photometric error, and the 68-point NME of the AFLW2000-3D
+    protocol (fraction of sqrt(w h) of the ground-truth box)."""
+    batch = eval_set.batch(np.arange(min(n_images, len(eval_set))), "cpu")
+
+    def evaluate(encoder: torch.nn.Module) -> dict:
+        codes = predict_codes(encoder, batch["images"].to(device), input_size).cpu()
+        per_image = image_metrics(decoder, codes, batch["images"], batch["gt_landmarks"])
+        with torch.no_grad():
+            screen = decoder(codes.to(decoder.mean_shape.device)).screen[:, decoder.landmarks].cpu().numpy()
+        per_image["nme"] = metrics.nme_aflw2000(screen, batch["gt_landmarks"].numpy())
+        out = {}
+        for name, values in per_image.items():
+            summary = metrics.summarise(values)
+            out[f"{name}_mean"], out[f"{name}_median"] = summary["mean"], summary["median"]
+        return out
+
+    return evaluate

@@ -3,7 +3,9 @@ loss weights and training settings, so every experiment trains the same way."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -63,6 +65,55 @@ def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: st
     encoder = make_encoder(cfg, encoder_name, decoder)
     if init_from is not None:
         encoder.load_state_dict(torch.load(init_from, map_location="cpu", weights_only=True))
+    write_encoder_card(run_dir, cfg, encoder_name, decoder, encoder)
     table = train(run_dir, encoder, decoder, data, settings_for(cfg, iterations, n_evals),
                   loss_weights(cfg, landmarks), evaluate_factory(decoder, device), device)
     return table, encoder
+
+
+ENCODER_CARD = "encoder.json"
+
+
+def write_encoder_card(run_dir: Path, cfg: Mapping, encoder_name: str, decoder: Decoder, encoder) -> Path:
+    """encoder.json beside the weights: what is needed to use them (encoder, code layout, input size,
+    rotation bound, face model, camera), so `mofa reconstruct` needs nothing else."""
+    card = {"encoder": encoder_name, "code_layout": decoder.layout.sizes, "input_size": cfg["training"]["input_size"],
+            "rotation_bound_deg": cfg["training"]["rotation_bound_deg"], "face_model": dict(cfg["face_model"]),
+            "camera": dict(cfg["camera"]), "light": dict(cfg["light"]), "init": encoder.init_description,
+            "preset": cfg["preset"]}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(run_dir) / ENCODER_CARD
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def load_encoder(cfg: Mapping, name: str, decoder: Decoder, path: str | Path) -> tuple[torch.nn.Module, int | None]:
+    """A trained encoder from `path`: the final weights of a run (encoder.pt, a state dict) or a
+    trainer checkpoint (checkpoint.pt). Returns (encoder in eval mode, the input size it was trained
+    at, read from the checkpoint or a checkpoint.pt beside the weights; None when neither says)."""
+    from mofa.errors import MofaError
+    from mofa.training.trainer import CHECKPOINT, load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise MofaError(f"{path}: no such checkpoint file")
+    state = load_checkpoint(path)
+    settings = state.get("settings") if isinstance(state, dict) and "encoder" in state else None
+    if settings is not None:
+        state = state["encoder"]
+    elif (path.parent / CHECKPOINT).is_file() and path.name != CHECKPOINT:
+        beside = load_checkpoint(path.parent / CHECKPOINT)
+        settings = beside.get("settings") if isinstance(beside, dict) else None
+    bound = cfg["training"]["rotation_bound_deg"]
+    encoder = build_encoder(name, decoder.layout, rotation_bound_rad=None if bound is None else math.radians(bound),
+                            seed=cfg["seed"])
+    try:
+        encoder.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise MofaError(f"{path}: does not fit a '{name}' encoder for this config's face model "
+                        f"(code size {decoder.layout.size}): {first}; check the encoder name and the config") from None
+    encoder.init_description = f"trained weights from {path}"
+    return encoder.eval(), (int(settings["input_size"]) if settings and "input_size" in settings else None)

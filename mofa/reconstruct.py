@@ -1,0 +1,209 @@
+"""Reconstruct faces from photos with a trained encoder: detect, crop, encode, decode, write.
+
+Per face: <stem>_face<k>.ply and .obj (posed mesh in camera-space mm with shaded vertex colours,
+written with Open3D), <stem>_face<k>_overlay.png (crop | reconstruction over it | shaded geometry)
+and <stem>_face<k>.json (the code by part, the face box, the crop transform, the checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from mofa.errors import MofaError
+
+log = logging.getLogger(__name__)
+MIN_RELATIVE_FACE_SIZE = 0.5
+CROP_MARGIN = 0.4  # the margin of mofa.realdata.prepare: faces the size the encoders were trained on
+# Runs whose weights `mofa reconstruct` uses by default, best first (what `make reproduce` trains).
+DEFAULT_RUNS = ("e3_alexnet_land", "e3_alexnet_noland", "e1_alexnet")
+
+
+@dataclass
+class Reconstructor:
+    """A trained encoder with its decoder (training region) and the mesh to export (render region)."""
+    encoder: torch.nn.Module
+    decoder: torch.nn.Module
+    mesh_decoder: torch.nn.Module
+    input_size: int
+    checkpoint: Path
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path) -> "Reconstructor":
+        """Load encoder weights and the encoder.json card written beside them by the trainer."""
+        from mofa.config import camera_from_config, load_config
+        from mofa.decoder import Decoder
+        from mofa.encoders import build_encoder
+        from mofa.facemodel import build_face_model
+        from mofa.training.runs import ENCODER_CARD
+        checkpoint = Path(checkpoint)
+        card_path = checkpoint.with_name(ENCODER_CARD)
+        if not checkpoint.is_file():
+            raise MofaError(f"{checkpoint}: checkpoint not found (run `make reproduce` or pass --checkpoint)")
+        if not card_path.is_file():
+            raise MofaError(f"{card_path}: missing; it says which encoder and face model the weights belong to")
+        card = json.loads(card_path.read_text())
+        cfg = load_config(card["preset"], {"face_model": card["face_model"], "camera": card["camera"],
+                                           "light": card["light"]})
+        model = build_face_model(cfg)
+        camera = camera_from_config(cfg)
+        decoder = Decoder(model.submesh(model.face_region), camera, cfg["light"]["ambient_offset"])
+        if decoder.layout.sizes != card["code_layout"]:
+            raise MofaError(f"{card_path}: code layout {card['code_layout']} does not match the face model's "
+                            f"{decoder.layout.sizes}")
+        from mofa.bench import render_region_model
+        mesh_decoder = Decoder(render_region_model(model), camera, cfg["light"]["ambient_offset"])
+        bound = card["rotation_bound_deg"]
+        encoder = build_encoder(card["encoder"], decoder.layout,
+                                rotation_bound_rad=None if bound is None else math.radians(bound))
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            encoder.load_state_dict(state.get("encoder", state))  # a trainer checkpoint or bare weights
+        except Exception as exc:
+            raise MofaError(f"{checkpoint}: not weights of a {card['encoder']} encoder ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0]})") from None
+        return cls(encoder.eval(), decoder, mesh_decoder, int(card["input_size"]), checkpoint)
+
+
+def default_checkpoint(results_root: str | Path = "results/default") -> Path:
+    """The encoder `make reproduce` trained (the first of DEFAULT_RUNS that exists)."""
+    for run in DEFAULT_RUNS:
+        path = Path(results_root) / "runs" / run / "encoder.pt"
+        if path.is_file():
+            return path
+    raise MofaError(f"no trained encoder under {results_root}/runs/ ({', '.join(DEFAULT_RUNS)}): "
+                    "run `make reproduce` first, or pass --checkpoint")
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from any image OpenCV reads (grey, RGBA and 16-bit converted)."""
+    from mofa.realdata.images import UnreadableImage, to_rgb8
+    if not path.is_file():
+        raise MofaError(f"{path}: no such file")
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.size == 0:
+        raise MofaError(f"{path}: not a readable image (corrupt, truncated or not an image format)")
+    try:
+        return to_rgb8(pixels)
+    except UnreadableImage as exc:
+        raise MofaError(f"{path}: {exc}") from None
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) and rename into place, so a failure leaves no partial file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.stem, suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), rgb[..., ::-1]):
+        raise MofaError(f"{path}: OpenCV could not write the PNG")
+
+
+def _write_mesh(path: Path, vertices: np.ndarray, triangles: np.ndarray, colours: np.ndarray) -> None:
+    import open3d as o3d
+    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices.astype(np.float64)),
+                                     o3d.utility.Vector3iVector(triangles.astype(np.int32)))
+    mesh.vertex_colors = o3d.utility.Vector3dVector(np.clip(colours, 0, 1).astype(np.float64))
+    mesh.compute_vertex_normals()
+
+    def write(tmp: Path) -> None:
+        if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=True):
+            raise MofaError(f"{path}: Open3D could not write the mesh")
+    _atomic_write(path, write)
+
+
+def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path) -> list[Path]:
+    """Reconstruct every face found in one photo; returns the files written. MofaError when the
+    photo is unreadable or holds no face."""
+    from mofa.realdata.detect import CropWindow, detect_faces
+    from mofa.render.raycast import render, shaded_geometry_colours
+    from mofa.training.trainer import predict_codes
+
+    photo, out_dir = Path(photo), Path(out_dir)
+    rgb = read_photo(photo)
+    boxes = detect_faces(rgb)
+    # Haar cascades fire on small textures too: keep faces at least half as wide as the largest
+    boxes = boxes[boxes[:, 2] >= MIN_RELATIVE_FACE_SIZE * boxes[:, 2].max()] if len(boxes) else boxes
+    if len(boxes) == 0:
+        raise MofaError(f"{photo}: no face found (OpenCV Haar cascade); try a larger, frontal, well-lit face")
+    if len(boxes) > 1:
+        log.warning("%s: %d faces found; reconstructing each (face0 is the largest)", photo, len(boxes))
+    size = rec.decoder.camera.image_size
+    windows = [CropWindow.around(box, CROP_MARGIN, size) for box in boxes]
+    crops = np.stack([w.crop(rgb) for w in windows])
+    images = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+    codes = predict_codes(rec.encoder, images, rec.input_size)
+    with torch.no_grad():
+        mesh = rec.mesh_decoder(codes)
+    written = []
+    # stage into a private folder, then move: a failure half-way leaves no partial outputs
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{photo.stem}."))
+    try:
+        for k, (window, box) in enumerate(zip(windows, boxes)):
+            stem = f"{photo.stem}_face{k}"
+            verts, cols = mesh.vertices[k].numpy(), mesh.colours[k].clamp(0, 1).numpy()
+            tris = rec.mesh_decoder.triangles.numpy()
+            for suffix in (".ply", ".obj"):
+                _write_mesh(staging / f"{stem}{suffix}", verts, tris, cols)
+            crop = crops[k].astype(np.float32) / 255.0
+            overlay = render(verts, tris, cols, rec.decoder.camera, crop, cull_back_faces=True).image
+            grey = render(verts, tris, shaded_geometry_colours(mesh.normals[k].numpy()), rec.decoder.camera,
+                          np.ones_like(crop), cull_back_faces=True).image
+            panel = (np.clip(np.concatenate([crop, overlay, grey], 1), 0, 1) * 255).round().astype(np.uint8)
+            _atomic_write(staging / f"{stem}_overlay.png", lambda tmp, p=panel: _write_png(tmp, p))
+            parts = rec.decoder.layout.split(codes[k:k + 1])
+            params = {"photo": str(photo), "face_index": k, "face_box_xywh": [float(v) for v in box],
+                      "crop_from_image": window.transform.tolist(), "checkpoint": str(rec.checkpoint),
+                      "units": {"rotation": "radians (pitch, yaw, roll)",
+                                "translation": f"{rec.decoder.camera.translation_scale_mm} mm per unit"},
+                      "code": {name: part[0].tolist() for name, part in parts._asdict().items()}}
+            _atomic_write(staging / f"{stem}.json", lambda tmp, p=params: tmp.write_text(json.dumps(p, indent=2)))
+        for path in sorted(staging.iterdir()):
+            target = out_dir / path.name
+            os.replace(path, target)
+            written.append(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+def reconstruct(photos: list[str | Path], out_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[int, int]:
+    """Reconstruct several photos; problems with one photo are reported and the others go on.
+    Returns (faces written, photos that failed)."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test")
+        probe.close()
+    except OSError as exc:
+        raise MofaError(f"{out_dir}: cannot write there ({exc.strerror})") from None
+    rec = Reconstructor.from_checkpoint(checkpoint or default_checkpoint())
+    faces = failed = 0
+    for photo in photos:
+        try:
+            files = reconstruct_photo(rec, photo, out_dir)
+        except MofaError as exc:
+            print(f"mofa reconstruct: {exc}", flush=True)
+            failed += 1
+            continue
+        n = sum(1 for f in files if f.suffix == ".json")
+        faces += n
+        print(f"{photo}: {n} face{'s' if n != 1 else ''} -> {out_dir}", flush=True)
+    return faces, failed

@@ -1,0 +1,280 @@
+"""The paper's baselines (baselines/): Gauss-Newton fitting, the conv autoencoder, the learned decoder
+and the image-fidelity measures. Fast: the 642-vertex sphere model and small images."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_small_face_model
+
+from baselines import gauss_newton as gn
+from baselines.conv_autoencoder import (
+    ConvAutoencoder,
+    bottleneck_side,
+    train_conv_autoencoder,
+)
+from baselines.learned_decoder import (
+    LearnedDecoder,
+    image_fidelity,
+    ssim_map,
+    train_learned_decoder,
+)
+from mofa.decoder import Decoder, PinholeCamera
+from mofa.decoder.geometry import vertex_normals
+from mofa.losses import LossWeights, mofa_loss
+from mofa.render.raycast import render
+
+# A 120 px crop in which the 150 mm sphere spans about 60 px.
+CAMERA = PinholeCamera(image_size=120, focal_length_px=400.0)
+
+
+@pytest.fixture(scope="module")
+def cap_model(small_face_model):
+    """The sphere model with a face region that stops short of the silhouette (the front cap, within
+    60 degrees of the view axis), as a real face region does: the photometric term then compares only
+    pixels that the face covers."""
+    front = small_face_model.mean_shape[:, 2] > 0.5 * np.abs(small_face_model.mean_shape).max()
+    return dataclasses.replace(small_face_model, regions={"face": front}, face_region="face")
+
+
+def true_codes(layout, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    """Codes a little away from the mean face: every part non-zero, rotations of a few degrees."""
+    g = torch.Generator().manual_seed(seed)
+    parts = {
+        "shape": 0.8 * torch.randn(batch, layout.n_shape, generator=g),
+        "expression": 0.5 * torch.randn(batch, layout.n_expression, generator=g),
+        "reflectance": 0.8 * torch.randn(batch, layout.n_reflectance, generator=g),
+        "rotation": torch.deg2rad(torch.tensor([[5.0, -10.0, 3.0], [-4.0, 12.0, -2.0]]))[:batch],
+        "translation": torch.tensor([[0.3, -0.2, 1.0], [-0.2, 0.3, -1.0]])[:batch],
+        "light": 0.1 * torch.randn(batch, 27, generator=g),
+    }
+    return layout.join(**parts)
+
+
+def rendered_images(decoder, model, codes, background: float = 0.3) -> torch.Tensor:
+    """Ray-cast images (B, 3, S, S) of the decoded faces over a flat grey background (2x2 supersampled)."""
+    with torch.no_grad():
+        out = decoder(codes)
+    size = decoder.camera.image_size
+    bg = np.full((size, size, 3), background, np.float32)
+    shots = [render(out.vertices[b], model.triangles, out.colours[b].clamp(0, 1), decoder.camera, bg, 2).image
+             for b in range(len(codes))]
+    return torch.from_numpy(np.stack(shots)).permute(0, 3, 1, 2).contiguous()
+
+
+# -- Gauss-Newton -----------------------------------------------------------------------------------
+
+def test_per_vertex_half_composes_to_the_decoder(small_face_model):
+    decoder = Decoder(small_face_model, CAMERA, dtype=torch.float64)
+    codes = 0.3 * torch.randn(3, decoder.code_size, dtype=torch.float64)
+    out = decoder(codes)
+    parts = decoder.layout.split(codes)
+    mesh = decoder.geometry(parts.shape, parts.expression)
+    screen, colours = gn.shade_and_project(decoder, mesh, vertex_normals(mesh, decoder.triangles),
+                                           out.reflectance, parts.rotation, parts.translation, parts.light)
+    torch.testing.assert_close(screen, out.screen, rtol=0, atol=1e-12)
+    torch.testing.assert_close(colours, out.colours, rtol=0, atol=1e-12)
+
+
+def test_residual_jacobian_matches_finite_differences():
+    """torch.func Jacobian (jacfwd and jacrev) of the whole residual vector against central finite
+    differences, float64. The image is a linear ramp per channel, so bilinear sampling has no kinks and
+    the finite differences are exact up to rounding. A 162-vertex sphere keeps reverse mode quick."""
+    decoder = Decoder(make_small_face_model(subdivisions=2), CAMERA, dtype=torch.float64)
+    layout, size = decoder.layout, CAMERA.image_size
+    codes = 0.2 * true_codes(layout).double()
+    v, u = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                          indexing="ij")
+    ramp = torch.stack([0.2 + 0.004 * u, 0.7 - 0.003 * v, 0.3 + 0.002 * (u + v)])
+    images = ramp.expand(2, -1, -1, -1).contiguous()
+    landmarks = decoder(codes).screen[:, decoder.landmarks].detach() + torch.randn(2, 68, 2, dtype=torch.float64)
+    confidences = torch.rand(2, 68, dtype=torch.float64)
+    weights = LossWeights(land=1.0, reg=1e-3)
+    targets = gn.landmark_targets(decoder, landmarks, confidences, weights)
+    scale = gn.photometric_scale(decoder, codes, images, weights)
+    reg = gn.regulariser_scale(layout, weights, codes)
+    assert scale.gt(0).sum() > 100  # a real photometric block, not an empty one
+
+    def r(x):
+        return gn.residuals(decoder, x, images, scale, targets, reg)
+
+    h = 1e-6
+    numeric = torch.stack([(r(codes + h * e) - r(codes - h * e)) / (2 * h)
+                           for e in torch.eye(layout.size, dtype=torch.float64)], -1)
+    for mode in ("jacfwd", "jacrev"):
+        analytic = gn.residual_jacobian(decoder, codes, images, scale, targets, reg, mode)
+        assert analytic.shape == (2, 3 * decoder.mean_shape.shape[0] + 2 * 46 + layout.size, layout.size)
+        torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-7)
+
+
+def test_residuals_square_to_the_mofa_energy(small_face_model):
+    """At the linearisation point the IRLS-weighted squares sum to exactly w_photo E_photo + w_land E_land
+    + w_reg E_reg of mofa.losses (photometric "fixed" and "visible" normalisation)."""
+    decoder = Decoder(small_face_model, CAMERA, dtype=torch.float64)
+    codes = 0.3 * true_codes(decoder.layout).double()
+    images = torch.rand(2, 3, 120, 120, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    landmarks = 60 + 20 * torch.randn(2, 68, 2, dtype=torch.float64)
+    confidences = torch.rand(2, 68, dtype=torch.float64)
+    for normalise in ("fixed", "visible"):
+        weights = LossWeights(land=1.0, reg=1e-2, photo_normalise=normalise)
+        targets = gn.landmark_targets(decoder, landmarks, confidences, weights)
+        r = gn.residuals(decoder, codes, images, gn.photometric_scale(decoder, codes, images, weights), targets,
+                         gn.regulariser_scale(decoder.layout, weights, codes))
+        terms = mofa_loss(decoder, codes, images, landmarks, confidences, weights)
+        expected = weights.photo * terms.photometric + weights.land * terms.landmark + weights.reg * terms.regulariser
+        torch.testing.assert_close((r ** 2).sum(-1), expected, rtol=1e-10, atol=0)
+        torch.testing.assert_close(gn.energy(decoder, codes, images, landmarks, confidences, weights), expected)
+
+
+def test_gauss_newton_recovers_a_rendered_face(cap_model):
+    """Ray-cast images of known codes near the mean face; 50 LM Gauss-Newton steps from the zero code
+    with landmarks. Tolerances: pose within 1 degree and 2.5 mm (0.25 translation units), shape,
+    expression and reflectance coefficients within 0.1 (prior std 1), light within 0.05; the energy
+    never increases and ends no higher than at the true code (rendering and sampling differ slightly)."""
+    decoder = Decoder(cap_model, CAMERA)
+    truth = true_codes(decoder.layout)
+    images = rendered_images(decoder, cap_model, truth)
+    with torch.no_grad():
+        landmarks = decoder(truth).screen[:, decoder.landmarks]
+    weights = LossWeights(land=1.0)
+    result = gn.fit(decoder, images, landmarks, None, weights, steps=50)
+
+    assert result.codes.shape == truth.shape and result.energy_history.shape == (2, 51)
+    history = result.energy_history
+    assert torch.all(history[:, 1:] <= history[:, :-1])
+    assert torch.all(history[:, -1] < 0.01 * history[:, 0])
+    assert torch.all(history[:, -1] <= 1.05 * gn.energy(decoder, truth, images, landmarks, None, weights))
+    error = (result.codes - truth).abs()
+    parts = decoder.layout.slices
+    assert torch.rad2deg(error[:, parts["rotation"]]).max() < 1.0
+    assert error[:, parts["translation"]].max() < 0.25
+    for name in ("shape", "expression", "reflectance"):
+        assert error[:, parts[name]].max() < 0.1, name
+    assert error[:, parts["light"]].max() < 0.05
+    assert result.seconds_per_image > 0
+
+
+def test_gauss_newton_batch_equals_single_images_and_float64(cap_model):
+    decoder = Decoder(cap_model, CAMERA)
+    truth = true_codes(decoder.layout)
+    images = rendered_images(decoder, cap_model, truth)
+    weights = LossWeights()  # no landmarks: the paper's second variant
+    batched = gn.fit(decoder, images, None, None, weights, steps=4, dtype=torch.float64)
+    assert batched.codes.dtype == torch.float64 and decoder.mean_shape.dtype == torch.float32
+    for b in range(2):
+        single = gn.fit(decoder, images[b:b + 1], None, None, weights, steps=4, dtype=torch.float64)
+        torch.testing.assert_close(single.energy_history[0], batched.energy_history[b], rtol=1e-9, atol=0)
+        torch.testing.assert_close(single.codes[0], batched.codes[b], rtol=1e-7, atol=1e-9)
+    assert torch.all(batched.energy_history[:, -1] < batched.energy_history[:, 0])
+
+
+def test_gauss_newton_needs_landmarks_when_weighted(small_face_model):
+    decoder = Decoder(small_face_model, CAMERA)
+    with pytest.raises(ValueError, match="no landmarks"):
+        gn.fit(decoder, torch.rand(1, 3, 120, 120), None, None, LossWeights(land=1.0), steps=1)
+
+
+# -- conv autoencoder and learned decoder --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def layouts(small_face_model):
+    """Two face models' code layouts: the sphere's and a truncated one."""
+    truncated = small_face_model.truncated(n_shape=2, n_expression=1, n_reflectance=3)
+    return [Decoder(small_face_model, CAMERA).layout, Decoder(truncated, CAMERA).layout]
+
+
+@pytest.fixture(scope="module")
+def synthetic_split(tmp_path_factory, small_face_model):
+    """A 16-image synthetic split of the sphere model at 32 px over smooth colour-field backgrounds."""
+    from mofa.data.synthetic import CodeDistribution, SyntheticSet, generate_split
+    camera = PinholeCamera(image_size=32, focal_length_px=107.0)
+    out = tmp_path_factory.mktemp("synthetic")
+    generate_split(out, "train", 16, small_face_model, camera, seed=0, dist=CodeDistribution(), workers=1,
+                   progress=False, background_mix={"colour_field": 1.0})
+    return SyntheticSet(out / "train")
+
+
+def test_shapes_follow_the_code_layout(layouts):
+    assert layouts[0].size != layouts[1].size
+    images = torch.rand(2, 3, 32, 32)
+    for layout in layouts:
+        autoencoder = ConvAutoencoder(layout, image_size=32, seed=0)
+        assert autoencoder.encode(images).shape == (2, layout.size)
+        assert autoencoder(images).shape == (2, 3, 32, 32)
+        decoder = LearnedDecoder(layout, image_size=32, seed=0)
+        out = decoder(torch.randn(2, layout.size))
+        assert out.shape == (2, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
+    assert LearnedDecoder(layouts[0].size, image_size=240).side == 15 == bottleneck_side(240)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ConvAutoencoder(10, image_size=100)
+    with pytest.raises(ValueError, match="entries"):
+        LearnedDecoder(layouts[0], image_size=32)(torch.zeros(1, layouts[1].size))
+
+
+def test_conv_autoencoder_training_lowers_the_loss(synthetic_split, layouts):
+    model = ConvAutoencoder(layouts[0], image_size=32, seed=0)
+    losses = train_conv_autoencoder(model, synthetic_split, iterations=40, batch_size=8, lr=2e-3, seed=0)
+    assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    # Same seeds, same numbers.
+    again = train_conv_autoencoder(ConvAutoencoder(layouts[0], image_size=32, seed=0), synthetic_split,
+                                   iterations=3, batch_size=8, lr=2e-3, seed=0)
+    assert again == losses[:3]
+
+
+def test_learned_decoder_training_lowers_the_loss(synthetic_split, layouts):
+    layout = layouts[0]
+    assert synthetic_split.manifest["code_layout"]["shape"] == layout.n_shape
+    model = LearnedDecoder(layout, image_size=32, seed=0)
+    losses = train_learned_decoder(model, synthetic_split, iterations=40, batch_size=8, lr=2e-3, seed=0)
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    # Tensor pairs with a mask restricting the loss.
+    batch = synthetic_split.batch(range(16))
+    masks = torch.zeros(16, 32, 32, dtype=torch.bool)
+    masks[:, 8:24, 8:24] = True
+    masked = train_learned_decoder(LearnedDecoder(layout, image_size=32, seed=0),
+                                   (batch["codes"], batch["images"], masks), iterations=20, batch_size=8,
+                                   lr=2e-3, seed=0, loss="l2")
+    assert np.mean(masked[-3:]) < np.mean(masked[:3])
+
+
+# -- image fidelity -------------------------------------------------------------------------------------
+
+def test_ssim_known_values():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 1, (2, 24, 28, 3))
+    np.testing.assert_allclose(ssim_map(image, image).numpy(), 1.0, atol=1e-12)
+    # Constant images: SSIM reduces to the luminance term (2ab + C1) / (a^2 + b^2 + C1).
+    a, b, c1 = 0.2, 0.6, 0.01 ** 2
+    flat = ssim_map(np.full((1, 16, 16, 3), a), np.full((1, 16, 16, 3), b)).numpy()
+    np.testing.assert_allclose(flat, (2 * a * b + c1) / (a * a + b * b + c1), rtol=1e-12)
+    assert flat.shape == (1, 6, 6)
+
+
+def test_ssim_matches_skimage():
+    from skimage.metrics import structural_similarity
+    rng = np.random.default_rng(1)
+    target = rng.uniform(0, 1, (2, 40, 48, 3))
+    pred = np.clip(target + rng.normal(0, 0.1, target.shape), 0, 1)
+    ours = image_fidelity(pred, target)["ssim"]
+    for b in range(2):
+        reference = structural_similarity(pred[b], target[b], gaussian_weights=True, sigma=1.5,
+                                          use_sample_covariance=False, data_range=1.0, channel_axis=-1)
+        assert ours[b] == pytest.approx(reference, abs=1e-10)
+
+
+def test_image_fidelity_over_a_mask():
+    target = np.full((2, 32, 32, 3), 0.5)
+    pred = target.copy()
+    mask = np.zeros((2, 32, 32), bool)
+    mask[:, 8:24, 8:24] = True
+    pred[0][mask[0]] += 0.1  # differs inside the mask only
+    pred[1][~mask[1]] = 0.0  # differs outside the mask only
+    out = image_fidelity(pred, target, mask)
+    np.testing.assert_allclose(out["l1"], [0.1, 0.0], atol=1e-12)
+    assert out["psnr"][0] == pytest.approx(20.0) and out["psnr"][1] == np.inf
+    assert out["ssim"][0] < 1.0
+    assert np.isnan(image_fidelity(pred, target, np.zeros_like(mask))["l1"]).all()

@@ -1,0 +1,96 @@
+"""`mofa reconstruct`: meshes, overlays and codes per face; clear one-line messages otherwise."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import open3d as o3d
+import pytest
+import torch
+
+from mofa.cli import main
+from mofa.config import load_config
+from mofa.facemodel import build_face_model
+from mofa.training.runs import make_encoder, training_decoder, write_encoder_card
+
+
+@pytest.fixture(scope="module")
+def checkpoint(ict_dir, tmp_path_factory):
+    """Weights of a freshly built encoder (zero head: the mean face) with its encoder.json."""
+    root = tmp_path_factory.mktemp("run")
+    cfg = load_config("ci", {"face_model.cache_dir": str(root / "cache")})
+    model = build_face_model(cfg)
+    decoder = training_decoder(cfg, model)
+    encoder = make_encoder(cfg, "alexnet", decoder)
+    torch.save(encoder.state_dict(), root / "encoder.pt")
+    write_encoder_card(root, cfg, "alexnet", decoder, encoder)
+    return root / "encoder.pt"
+
+
+@pytest.fixture(scope="module")
+def face_photo():
+    folder = os.environ.get("MOFA_IBUG68_DIR")
+    if not folder:
+        pytest.fail("MOFA_IBUG68_DIR is not set: point it at the 300-W style photos (here ../shared/real-faces/ibug68)")
+    return Path(folder) / "lfpw_image_0001.png"  # one face after the relative-size filter
+
+
+def test_reconstruct_writes_mesh_overlay_and_code(checkpoint, face_photo, tmp_path, capsys):
+    assert main(["reconstruct", str(face_photo), "--out", str(tmp_path), "--checkpoint", str(checkpoint)]) == 0
+    stem = f"{face_photo.stem}_face0"
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {f"{stem}.ply", f"{stem}.obj", f"{stem}_overlay.png", f"{stem}.json"} <= names
+    assert not [n for n in names if n.startswith(".")], "no staging leftovers"
+    mesh = o3d.io.read_triangle_mesh(str(tmp_path / f"{stem}.ply"))
+    assert len(mesh.vertices) > 10000 and mesh.has_vertex_colors() and len(mesh.triangles) > 10000
+    params = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert len(params["code"]["light"]) == 27 and len(params["code"]["shape"]) == 40
+    assert np.array(params["crop_from_image"]).shape == (2, 3)
+    overlay = cv2.imread(str(tmp_path / f"{stem}_overlay.png"))
+    assert overlay.shape == (240, 720, 3)
+    assert "1 face reconstructed, 0 photos failed" in capsys.readouterr().out
+
+
+def test_two_faces_are_each_reconstructed(checkpoint, face_photo, tmp_path):
+    img = cv2.imread(str(face_photo))
+    pair = tmp_path / "pair.png"
+    cv2.imwrite(str(pair), np.concatenate([img, img], axis=1))
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(pair), "--out", str(out), "--checkpoint", str(checkpoint)]) == 0
+    jsons = sorted(p.name for p in out.glob("*.json"))
+    assert len(jsons) >= 2 and jsons[:2] == ["pair_face0.json", "pair_face1.json"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("no_face", "no face found"),
+    ("corrupt", "not a readable image"),
+    ("truncated", "not a readable image"),
+])
+def test_bad_photos_get_one_line_and_no_outputs(checkpoint, face_photo, tmp_path, capsys, content, message):
+    photo = tmp_path / f"{content}.png"
+    if content == "no_face":
+        cv2.imwrite(str(photo), np.full((200, 200, 3), 128, np.uint8))
+    elif content == "corrupt":
+        photo.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    else:
+        data = cv2.imencode(".png", cv2.imread(str(face_photo)))[1].tobytes()
+        photo.write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(photo), "--out", str(out), "--checkpoint", str(checkpoint)]) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if message in line]
+    assert len(lines) == 1 and str(photo) in lines[0]
+    assert list(out.iterdir()) == []
+
+
+def test_unwritable_output_and_missing_checkpoint(checkpoint, face_photo, tmp_path, capsys):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert main(["reconstruct", str(face_photo), "--out", str(blocked / "sub"), "--checkpoint", str(checkpoint)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write there" in err[0]
+    assert main(["reconstruct", str(face_photo), "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint not found" in err[0]
