@@ -181,6 +181,20 @@ def random_code(decoder_layout, batch: int, seed: int) -> torch.Tensor:
     )
 
 
+def test_back_face_culling_keeps_each_hit_its_own_colours(small_face_model):
+    """On a closed surface culling removes only hidden triangles: the image must not change (the hit
+    ids then index the culled triangle list, not the full one)."""
+    camera = PinholeCamera(image_size=96, focal_length_px=500.0)
+    decoder = Decoder(small_face_model, camera)
+    with torch.no_grad():
+        decoded = decoder(random_code(decoder.layout, 1, seed=3))
+    vertices, colours = decoded.vertices[0].numpy(), decoded.colours[0].clamp(0, 1).numpy()
+    full = render(vertices, small_face_model.triangles, colours, camera)
+    culled = render(vertices, small_face_model.triangles, colours, camera, cull_back_faces=True)
+    np.testing.assert_array_equal(culled.mask, full.mask)
+    np.testing.assert_allclose(culled.image, full.image, atol=1e-5)
+
+
 def test_render_matches_decoder_on_small_model(small_face_model):
     camera = PinholeCamera(image_size=96, focal_length_px=500.0)
     layout = Decoder(small_face_model, camera).layout
@@ -225,3 +239,18 @@ def test_train_and_infer_bench_rows(small_face_model):
     for r in train:
         assert r["images_per_s"] > 0 and 0 < r["decoder_loss_share"] < 1
     assert infer[0]["ms_per_image"] > 0
+
+
+def test_back_face_culling_changes_no_pixel(small_face_model):
+    """On a closed surface the nearest hit is never a back face: culled and full renders agree exactly,
+    colours included (the culled triangle list must index the colours too)."""
+    camera = PinholeCamera(image_size=96, focal_length_px=500.0)
+    decoder = Decoder(small_face_model, camera)
+    out = decoder(random_code(decoder.layout, 1, seed=3))
+    colours = torch.rand(out.vertices.shape[1], 3, generator=torch.Generator().manual_seed(0))
+    full = render(out.vertices[0], small_face_model.triangles, colours, camera)
+    culled = render(out.vertices[0], small_face_model.triangles, colours, camera, cull_back_faces=True)
+    assert full.mask.sum() > 500
+    np.testing.assert_array_equal(full.mask, culled.mask)
+    np.testing.assert_allclose(full.image, culled.image, atol=1e-6)
+    np.testing.assert_allclose(full.depth[full.mask], culled.depth[full.mask], atol=1e-4)

@@ -101,6 +101,7 @@ def render(vertices, triangles, colours, camera: PinholeCamera, background=None,
     rays = _pixel_rays(size, float(camera.focal_length_px), float(camera.principal_point), s)
     if cull_back_faces:
         tris = np.ascontiguousarray(back_face_culled(verts, tris))
+        corner_index = tris.astype(np.intp)  # the hits' primitive ids index the culled list
 
     # Only rays inside the mesh's projected bounding box (+1 px) can hit it: cast those alone.
     full = size * s
