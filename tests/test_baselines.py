@@ -110,9 +110,10 @@ def test_residual_jacobian_matches_finite_differences():
         torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-7)
 
 
-def test_residuals_square_to_the_mofa_energy(small_face_model):
-    """At the linearisation point the IRLS-weighted squares sum to exactly w_photo E_photo + w_land E_land
-    + w_reg E_reg of mofa.losses (photometric "fixed" and "visible" normalisation)."""
+def test_least_squares_model_touches_the_mofa_energy(small_face_model):
+    """At the linearisation point the IRLS least-squares model agrees with w_photo E_photo + w_land E_land
+    + w_reg E_reg of mofa.losses in value (sum r^2 + w_photo E_photo / 2, the majoriser's constant) and in
+    gradient (2 J^T r against autograd through mofa_loss), for both photometric normalisations."""
     decoder = Decoder(small_face_model, CAMERA, dtype=torch.float64)
     codes = 0.3 * true_codes(decoder.layout).double()
     images = torch.rand(2, 3, 120, 120, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -121,12 +122,19 @@ def test_residuals_square_to_the_mofa_energy(small_face_model):
     for normalise in ("fixed", "visible"):
         weights = LossWeights(land=1.0, reg=1e-2, photo_normalise=normalise)
         targets = gn.landmark_targets(decoder, landmarks, confidences, weights)
-        r = gn.residuals(decoder, codes, images, gn.photometric_scale(decoder, codes, images, weights), targets,
-                         gn.regulariser_scale(decoder.layout, weights, codes))
-        terms = mofa_loss(decoder, codes, images, landmarks, confidences, weights)
-        expected = weights.photo * terms.photometric + weights.land * terms.landmark + weights.reg * terms.regulariser
-        torch.testing.assert_close((r ** 2).sum(-1), expected, rtol=1e-10, atol=0)
-        torch.testing.assert_close(gn.energy(decoder, codes, images, landmarks, confidences, weights), expected)
+        scale = gn.photometric_scale(decoder, codes, images, weights)
+        reg = gn.regulariser_scale(decoder.layout, weights, codes)
+        r = gn.residuals(decoder, codes, images, scale, targets, reg)
+        jac = gn.residual_jacobian(decoder, codes, images, scale, targets, reg)
+        x = codes.clone().requires_grad_(True)
+        terms = mofa_loss(decoder, x, images, landmarks, confidences, weights)
+        per_image = weights.photo * terms.photometric + weights.land * terms.landmark + weights.reg * terms.regulariser
+        (grad,) = torch.autograd.grad(per_image.sum(), x)
+        torch.testing.assert_close((r ** 2).sum(-1) + weights.photo * terms.photometric.detach() / 2,
+                                   per_image.detach(), rtol=1e-10, atol=0)
+        torch.testing.assert_close(2 * (jac.transpose(1, 2) @ r[..., None])[..., 0], grad, rtol=1e-8, atol=1e-12)
+        torch.testing.assert_close(gn.energy(decoder, codes, images, landmarks, confidences, weights),
+                                   per_image.detach())
 
 
 def test_gauss_newton_recovers_a_rendered_face(cap_model):
