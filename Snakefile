@@ -26,9 +26,14 @@ rule all:
         stage_targets("face_model"),
         stage_targets("e1_synthetic"),
         stage_targets("e7_speed"),
+        stage_targets("e2_e3_real"),
+        stage_targets("e8_qualitative"),
 
 
 include: "workflow/rules/face_model.smk"
 include: "workflow/rules/synthetic.smk"
 include: "workflow/rules/e1_synthetic.smk"
 include: "workflow/rules/e7_speed.smk"
+include: "workflow/rules/real_data.smk"
+include: "workflow/rules/e2_e3_real.smk"
+include: "workflow/rules/e8_qualitative.smk"

@@ -53,6 +53,41 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from mofa.config import load_config, select_device
+    from mofa.evaluation.aflw2000 import benchmark_folder
+    from mofa.facemodel import build_face_model
+    from mofa.training.runs import ENCODER_CARD, load_encoder, training_decoder
+
+    card_path = Path(args.checkpoint).with_name(ENCODER_CARD)
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    if args.config is None and card:  # the preset, face model and camera the encoder was trained with
+        cfg = load_config(card["preset"], {k: card[k] for k in ("face_model", "camera", "light") if k in card}
+                          | {"training.rotation_bound_deg": card.get("rotation_bound_deg")})
+    else:
+        cfg = load_config(args.config or "default")
+    if args.device:
+        cfg["device"] = args.device
+    encoder_name = args.encoder or card.get("encoder") or "alexnet"
+    rd = cfg["real_data"]
+    device = select_device(cfg)
+    decoder = training_decoder(cfg, build_face_model(cfg)).to(device)
+    encoder, trained_size = load_encoder(cfg, encoder_name, decoder, args.checkpoint)
+    input_size = args.input_size or trained_size or cfg["training"]["input_size"]
+    fallback = rd["gt_box_fallback"] if args.gt_box_fallback is None else args.gt_box_fallback
+    result = benchmark_folder(args.root, encoder.to(device), decoder, input_size, max_images=args.limit,
+                              progress=args.verbose, margin=rd["margin"], min_face_px=rd["min_face_px"],
+                              gt_box_fallback=fallback)
+    print(f"{encoder_name} encoder from {args.checkpoint} (input {input_size} px) on {args.root}:")
+    print(result.report())
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result.table_frame().to_csv(args.out, index=False, float_format="%.6g")
+        print(f"wrote {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mofa", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -78,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="encoder weights with encoder.json beside them "
                    "(default: what `make reproduce` trained under results/default/runs/)")
     p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("evaluate", help="benchmark a trained encoder on a folder of real photos")
+    p.add_argument("benchmark", choices=["aflw2000"],
+                   help="aflw2000: 68-landmark NME per |yaw| bin on a folder in the AFLW2000-3D layout")
+    p.add_argument("--root", type=Path, required=True, help="folder of imageNNNNN.jpg + imageNNNNN.mat")
+    p.add_argument("--checkpoint", type=Path, required=True, help="encoder.pt or checkpoint.pt of a training run")
+    p.add_argument("--encoder", choices=["alexnet", "vgg_face"],
+                   help="the checkpoint's encoder (default: its encoder.json's, else alexnet)")
+    p.add_argument("--config", help="preset name or YAML file the encoder was trained with (face model, camera, "
+                   "preparation; default: what the encoder.json beside the checkpoint says, else the default preset)")
+    p.add_argument("--input-size", type=int, help="encoder input side in px (default: the checkpoint's, else the config's)")
+    p.add_argument("--gt-box-fallback", action=argparse.BooleanOptionalAction, default=None,
+                   help="crop around the ground-truth landmarks where the face detector misses "
+                        "(default: the config's real_data.gt_box_fallback)")
+    p.add_argument("--limit", type=int, help="the first N images only")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
+    p.add_argument("--out", type=Path, help="also write the table as CSV here")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -9,13 +9,14 @@ tables/e1_synthetic.csv + .md (start and end beside the paper's 21.6 -> 4.5 mm, 
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
-from mofa.config import results_dir
+from mofa.config import config_hash, results_dir
 from pipelines import _stage, synthetic
 
 NAME = "e1_synthetic"
@@ -58,7 +59,7 @@ def run(cfg: dict) -> dict:
     from mofa.facemodel import build_face_model
     from mofa.figures.curves import plot_curves
     from mofa.training.evaluate import synthetic_evaluator
-    from mofa.training.runs import run_training
+    from mofa.training.runs import prepare_run_dir, run_training
     from pipelines.tables import write_table
 
     e1, out = cfg["e1"], outputs(cfg)
@@ -67,6 +68,8 @@ def run(cfg: dict) -> dict:
     test_set = SyntheticSet(synthetic.data_dir(cfg) / "test")
     evaluate = lambda decoder, device: synthetic_evaluator(  # noqa: E731
         decoder, test_set, cfg["training"]["eval_images"], cfg["training"]["input_size"], device)
+    manifests = [json.loads((synthetic.data_dir(cfg) / split / "manifest.json").read_text()) for split in ("train", "test")]
+    prepare_run_dir(run_dir(cfg), {"config": config_hash({s: cfg[s] for s in PARAMS}), "data": manifests})
     curves, encoder = run_training(cfg, run_dir(cfg), model, e1["encoder"], train_set, evaluate,
                                    e1["iterations"], e1["evaluations"], landmarks=False)
     table = summary_table(curves, e1["encoder"])

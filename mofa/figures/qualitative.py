@@ -16,10 +16,11 @@ from mofa.figures.curves import save_figure  # noqa: E402
 from mofa.render.raycast import render, shaded_geometry_colours  # noqa: E402
 
 COLUMNS = ("input", "overlay", "shaded geometry", "reflectance", "light")
-BACKGROUND = 1.0  # white behind the geometry, reflectance and light panels
+BACKGROUND = 1.0  # white behind the geometry and reflectance panels
+LIGHT_BACKGROUND = 0.15  # dark behind the light sphere, whose bright side may saturate to white
 
 
-def light_sphere(sh_coeffs, size: int, background: float = BACKGROUND) -> np.ndarray:
+def light_sphere(sh_coeffs, size: int, background: float = LIGHT_BACKGROUND) -> np.ndarray:
     """The irradiance of SH light on a unit sphere seen by the camera (orthographically), one normal
     per pixel. sh_coeffs: (3, 9) with the ambient offset (DecodedFace.sh_coeffs[b]) -> (size, size, 3)
     in [0, 1]. Camera space: x right, y down, the visible hemisphere's normals have z < 0."""
@@ -46,7 +47,9 @@ def reconstruction_panels(decoder, codes: torch.Tensor, images: torch.Tensor) ->
     for b in range(len(codes)):
         verts = decoded.vertices[b].cpu().numpy()
         photo = images[b].permute(1, 2, 0).cpu().numpy().astype(np.float32)
-        draw = lambda colours, bg: render(verts, tris, colours, decoder.camera, bg, cull_back_faces=True).image  # noqa: E731
+        def draw(colours, bg, verts=verts):
+            return render(verts, tris, colours, decoder.camera, bg, cull_back_faces=True).image
+
         panels.append({
             "input": photo,
             "overlay": draw(decoded.colours[b].clamp(0, 1).cpu().numpy(), photo),
@@ -77,6 +80,7 @@ def plot_grid(panels: list[dict[str, np.ndarray]], out_path: str | Path, title: 
                 ax.set_title(column, fontsize=8)
         if row_labels and r < len(row_labels):
             axes[r][0].set_ylabel(row_labels[r], fontsize=6)
+    height = cell_inches * rows + 0.4
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height))  # keep the title clear of the column titles
     return save_figure(fig, out_path, dpi=100)

@@ -49,7 +49,7 @@ class MixedSource:
 
     def n_synthetic(self, batch_size: int) -> int:
         """How many of a batch of `batch_size` are synthetic."""
-        return int(round(self.fraction * batch_size))
+        return round(self.fraction * batch_size)
 
     def split(self, indices) -> tuple[np.ndarray, np.ndarray]:
         """indices (B,) into this source -> (synthetic indices, real indices), in batch order."""

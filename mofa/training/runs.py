@@ -65,6 +65,7 @@ def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: st
     encoder = make_encoder(cfg, encoder_name, decoder)
     if init_from is not None:
         encoder.load_state_dict(torch.load(init_from, map_location="cpu", weights_only=True))
+        encoder.init_description = f"started from the weights {init_from}"
     write_encoder_card(run_dir, cfg, encoder_name, decoder, encoder)
     table = train(run_dir, encoder, decoder, data, settings_for(cfg, iterations, n_evals),
                   loss_weights(cfg, landmarks), evaluate_factory(decoder, device), device)
@@ -92,20 +93,19 @@ def write_encoder_card(run_dir: Path, cfg: Mapping, encoder_name: str, decoder: 
 def load_encoder(cfg: Mapping, name: str, decoder: Decoder, path: str | Path) -> tuple[torch.nn.Module, int | None]:
     """A trained encoder from `path`: the final weights of a run (encoder.pt, a state dict) or a
     trainer checkpoint (checkpoint.pt). Returns (encoder in eval mode, the input size it was trained
-    at, read from the checkpoint or a checkpoint.pt beside the weights; None when neither says)."""
+    at, read from the checkpoint or the encoder.json beside the weights; None when neither says)."""
     from mofa.errors import MofaError
-    from mofa.training.trainer import CHECKPOINT, load_checkpoint
+    from mofa.training.trainer import load_checkpoint
 
     path = Path(path)
     if not path.is_file():
         raise MofaError(f"{path}: no such checkpoint file")
     state = load_checkpoint(path)
-    settings = state.get("settings") if isinstance(state, dict) and "encoder" in state else None
-    if settings is not None:
-        state = state["encoder"]
-    elif (path.parent / CHECKPOINT).is_file() and path.name != CHECKPOINT:
-        beside = load_checkpoint(path.parent / CHECKPOINT)
-        settings = beside.get("settings") if isinstance(beside, dict) else None
+    settings = None
+    if isinstance(state, dict) and "encoder" in state and "settings" in state:
+        state, settings = state["encoder"], state["settings"]
+    elif (path.parent / ENCODER_CARD).is_file():
+        settings = json.loads((path.parent / ENCODER_CARD).read_text())
     bound = cfg["training"]["rotation_bound_deg"]
     encoder = build_encoder(name, decoder.layout, rotation_bound_rad=None if bound is None else math.radians(bound),
                             seed=cfg["seed"])
@@ -117,3 +117,21 @@ def load_encoder(cfg: Mapping, name: str, decoder: Decoder, path: str | Path) ->
                         f"(code size {decoder.layout.size}): {first}; check the encoder name and the config") from None
     encoder.init_description = f"trained weights from {path}"
     return encoder.eval(), (int(settings["input_size"]) if settings and "input_size" in settings else None)
+
+
+RUN_KEY = "run_key.json"
+
+
+def prepare_run_dir(folder: Path, key: dict) -> None:
+    """Keep a run folder (so training resumes its checkpoint) only when everything it was made from is
+    the same (its run_key.json: config sections, data, initial weights) and its curves are there
+    (workflow engines delete a stage's outputs before running it again); else empty it."""
+    from mofa.training.trainer import CHECKPOINT, FINAL, METRICS
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file = folder / RUN_KEY
+    same = key_file.is_file() and json.loads(key_file.read_text()) == key
+    if not same or not (folder / METRICS).is_file():
+        for name in (CHECKPOINT, METRICS, FINAL):
+            (folder / name).unlink(missing_ok=True)
+        key_file.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,219 @@
+"""Stage `e2_e3_real` (paper Figs. 8, 9, 11): each encoder trained on real photos (the AFLW2000
+training split, mixed with synthetic images as e3.synthetic_fraction says) without and with the
+landmark loss, and evaluated on the AFLW2000 eval split. E2 is the runs without landmarks against
+iterations; E3 is the final errors of the four variants {AlexNet, VGG-Face} x {without, with landmark
+loss}, plus the AFLW2000-3D benchmark (68-point NME per |yaw| bin) of each.
+
+Writes, under results/<preset>/: runs/e3_<encoder>_<noland|land>/ (checkpoint, encoder weights,
+metrics.csv, aflw2000_nme.csv per image), tables/e2_real_curves.csv + .md, figures/e2_real_curves.png,
+tables/e3_variants.csv + .md (beside the paper's 5.3 / 4.9 px without and 3.7 / 3.4 px with landmarks;
+0.075 / 0.073 and 0.078 / 0.078), figures/e3_variants.png and metrics/e2_e3_real.json.
+
+    python -m pipelines.e2_e3_real --config config/ci.yaml
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from mofa.config import config_hash, results_dir
+from pipelines import _stage, e1_synthetic, real_data, synthetic
+
+NAME = "e2_e3_real"
+PARAMS = ("seed", "face_model", "camera", "light", "synthetic", "loss", "training", "encoders", "e1", "real_data", "e3")
+NEEDS = ("synthetic", "e1_synthetic", "real_data")  # E1's weights are read only with e3.init_from_e1
+SOURCES = ("config/schema.yaml", "mofa", "pipelines/_stage.py", "pipelines/tables.py", "pipelines/synthetic.py",
+           "pipelines/e1_synthetic.py", "pipelines/real_data.py", "pipelines/e2_e3_real.py")
+METRICS = (("landmark_error", "px"), ("photometric_error", "rgb_distance"))
+DISPLAY = {"alexnet": "AlexNet", "vgg_face": "VGG-Face"}
+RUN_KEY = "run_key.json"
+log = logging.getLogger(f"mofa.stage.{NAME}")
+
+
+def variants(cfg: Mapping) -> list[tuple[str, bool]]:
+    """(encoder, landmark loss on) for each run, without landmarks first."""
+    return [(encoder, landmarks) for encoder in cfg["e3"]["encoders"] for landmarks in (False, True)]
+
+
+def variant_name(encoder: str, landmarks: bool) -> str:
+    return f"{encoder}_{'land' if landmarks else 'noland'}"
+
+
+def variant_label(encoder: str, landmarks: bool) -> str:
+    return f"{DISPLAY.get(encoder, encoder)} {'with' if landmarks else 'without'} landmarks"
+
+
+def run_dir(cfg: Mapping, encoder: str, landmarks: bool) -> Path:
+    return results_dir(cfg) / "runs" / f"e3_{variant_name(encoder, landmarks)}"
+
+
+def outputs(cfg: Mapping) -> dict[str, Path]:
+    root = results_dir(cfg)
+    out = {}
+    for encoder, landmarks in variants(cfg):
+        name = variant_name(encoder, landmarks)
+        out[f"encoder_{name}"] = run_dir(cfg, encoder, landmarks) / "encoder.pt"
+        out[f"curves_{name}"] = run_dir(cfg, encoder, landmarks) / "metrics.csv"
+    return {**out, "curves_table": root / "tables" / "e2_real_curves.csv",
+            "curves_table_md": root / "tables" / "e2_real_curves.md",
+            "curves_figure": root / "figures" / "e2_real_curves.png",
+            "table": root / "tables" / "e3_variants.csv", "table_md": root / "tables" / "e3_variants.md",
+            "figure": root / "figures" / "e3_variants.png",
+            "metrics": root / "metrics" / "e2_e3_real.json"}
+
+
+def variant_config(cfg: Mapping, encoder: str) -> dict:
+    """The config with training.batch_size, input_size and lr replaced by e3.<encoder>'s where set
+    (lr_z keeps its ratio to lr)."""
+    out = copy.deepcopy(dict(cfg))
+    schedule, training = cfg["e3"][encoder], out["training"]
+    for key in ("batch_size", "input_size"):
+        if schedule[key] is not None:
+            training[key] = schedule[key]
+    if schedule["lr"] is not None:
+        training["lr_z"] = cfg["training"]["lr_z"] * schedule["lr"] / cfg["training"]["lr"]
+        training["lr"] = schedule["lr"]
+    return out
+
+
+def init_weights(cfg: Mapping, encoder: str) -> Path | None:
+    """E1's trained weights when e3.init_from_e1 is on and E1 trained this encoder."""
+    if cfg["e3"]["init_from_e1"] and cfg["e1"]["encoder"] == encoder:
+        return e1_synthetic.outputs(cfg)["encoder"]
+    return None
+
+
+def run_key(cfg: Mapping, encoder: str, landmarks: bool, init: Path | None) -> dict:
+    e3 = cfg["e3"]
+    sections = {s: cfg[s] for s in PARAMS if s not in ("e1", "e3")}
+    sections["e3"] = {k: e3[k] for k in ("evaluations", "synthetic_fraction", "init_from_e1")} | {encoder: e3[encoder]}
+    init_stamp = None
+    if init is not None:
+        stat = init.stat()
+        init_stamp = {"path": str(init), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"variant": variant_name(encoder, landmarks), "config": config_hash(sections), "init": init_stamp}
+
+
+def variant_row(encoder: str, landmarks: bool, curves: pd.DataFrame, benchmark, vcfg: Mapping,
+                init_description: str) -> dict:
+    from mofa.metrics import YAW_BINS
+    from mofa.paper import paper_value
+
+    start, end = curves.iloc[0], curves.iloc[-1]
+    iterations = int(end["iteration"])
+    row = {"variant": variant_label(encoder, landmarks), "encoder": encoder, "landmark_loss": "yes" if landmarks else "no",
+           "iterations": iterations, "batch_size": vcfg["training"]["batch_size"],
+           "input_px": vcfg["training"]["input_size"], "lr": vcfg["training"]["lr"],
+           "synthetic_fraction": vcfg["e3"]["synthetic_fraction"]}
+    for metric, unit in METRICS:
+        row[f"{metric}_start"] = start[f"{metric}_mean"]
+        row[metric] = end[f"{metric}_mean"]
+        row[f"{metric}_median"] = end[f"{metric}_median"]
+        row[f"paper_{metric}"] = paper_value("E3", metric, DISPLAY.get(encoder), "yes" if landmarks else "no")
+    for name in (*YAW_BINS, "mean"):
+        row[f"nme_{name}_pct"] = 100 * benchmark.table[name]
+    in_bins = benchmark.per_image[benchmark.per_image["yaw_bin"] != ""]
+    row["nme_all_pct"] = 100 * float(in_bins["nme"].mean()) if len(in_bins) else float("nan")
+    for name in YAW_BINS:
+        row[f"n_{name}"] = benchmark.table[f"n_{name}"]
+    row["seconds_per_iteration"] = float(end["seconds"]) / max(1, iterations)
+    row["init"] = init_description
+    return row
+
+
+def run(cfg: dict) -> dict:
+    import torch
+
+    from mofa.config import select_device
+    from mofa.data.synthetic import SyntheticSet
+    from mofa.evaluation import aflw2000
+    from mofa.facemodel import build_face_model
+    from mofa.figures.curves import plot_curves
+    from mofa.figures.variants import plot_variant_bars
+    from mofa.realdata.prepare import RealFaceSet
+    from mofa.training.evaluate import real_evaluator
+    from mofa.training.mixed import MixedSource
+    from mofa.training.runs import run_training, training_decoder
+    from pipelines.tables import write_table
+
+    e3, out = cfg["e3"], outputs(cfg)
+    model = build_face_model(cfg)
+    aflw = real_data.folder(cfg, "aflw2000")
+    train_real, eval_real = RealFaceSet(aflw, "train"), RealFaceSet(aflw, "eval")
+    mix = MixedSource(SyntheticSet(synthetic.data_dir(cfg) / "train"), train_real, e3["synthetic_fraction"])
+    n_eval = min(cfg["training"]["eval_images"], len(eval_real))
+    log.info("training on %d synthetic + %d real images (synthetic share of a batch %.2f); evaluating on %d of %d "
+             "AFLW2000 eval images", len(mix.synthetic), len(train_real), mix.fraction, n_eval, len(eval_real))
+
+    rows, curves = [], {}
+    for encoder_name, landmarks in variants(cfg):
+        name, vcfg = variant_name(encoder_name, landmarks), variant_config(cfg, encoder_name)
+        folder, init = run_dir(cfg, encoder_name, landmarks), init_weights(cfg, encoder_name)
+        from mofa.training.runs import prepare_run_dir
+        prepare_run_dir(folder, run_key(vcfg, encoder_name, landmarks, init))
+        input_size = vcfg["training"]["input_size"]
+        evaluate = lambda decoder, device, size=input_size: real_evaluator(  # noqa: E731
+            decoder, eval_real, n_eval, size, device)
+        with _stage.timed(f"{name}: {e3[encoder_name]['iterations']} iterations"):
+            table, encoder = run_training(vcfg, folder, model, encoder_name, mix, evaluate,
+                                          e3[encoder_name]["iterations"], e3["evaluations"], landmarks=landmarks,
+                                          init_from=init)
+        init_description = f"from E1's weights ({init})" if init is not None else encoder.init_description
+        decoder = training_decoder(vcfg, model).to(select_device(vcfg))
+        with torch.no_grad(), _stage.timed(f"{name}: AFLW2000-3D benchmark on {len(eval_real)} images"):
+            benchmark = aflw2000.score(eval_real, encoder, decoder, input_size)
+        benchmark.per_image.to_csv(folder / "aflw2000_nme.csv", index=False, float_format="%.6g")
+        log.info("%s:\n%s", name, benchmark.report())
+        rows.append(variant_row(encoder_name, landmarks, table, benchmark, vcfg, init_description))
+        curves[(encoder_name, landmarks)] = table
+        del encoder
+
+    variants_table = pd.DataFrame(rows)
+    write_table(variants_table, out["table"], out["table_md"], cfg,
+                title=f"E3 (Figs. 8, 11): final errors on the AFLW2000 eval split ({n_eval} images; landmark error "
+                      f"over 46 points in {cfg['camera']['image_size']} px crops against the ground truth) and the AFLW2000-3D NME "
+                      f"(68 points, %) of each variant on all {len(eval_real)} kept eval images")
+    plot_variant_bars(variants_table, [("landmark_error", "paper_landmark_error", "landmark error (px)"),
+                                       ("photometric_error", "paper_photometric_error", "photometric error"),
+                                       ("nme_all_pct", None, "AFLW2000-3D NME, all eval images (%)")],
+                      out["figure"], title=f"E3: the four variants ({cfg['preset']} preset) beside the paper")
+    _stage.wrote(out["figure"])
+
+    no_landmarks = {DISPLAY.get(e, e): curves[(e, False)] for e in e3["encoders"]}
+    curves_table = pd.concat([frame.assign(encoder=name) for name, frame in no_landmarks.items()], ignore_index=True)
+    keep = ["encoder", "iteration", "seconds", *[f"{m}_{s}" for m, _ in METRICS for s in ("mean", "median")],
+            "nme_mean", "nme_median"]
+    curves_table = curves_table[[c for c in keep if c in curves_table]]
+    for metric, _ in METRICS:
+        curves_table[f"paper_{metric}_end"] = [paper_value_e3(metric, name) for name in curves_table.encoder]
+    write_table(curves_table, out["curves_table"], out["curves_table_md"], cfg,
+                title=f"E2 (Fig. 9): without landmarks, on real photos, against iterations; AFLW2000 eval split "
+                      f"({n_eval} images); the paper's values are after 200k iterations")
+    plot_curves(no_landmarks, list(METRICS), out["curves_figure"],
+                title=f"E2: trained without landmarks on real photos, AFLW2000 eval ({cfg['preset']} preset)",
+                paper={m: (None, {name: paper_value_e3(m, name) for name in no_landmarks}) for m, _ in METRICS})
+    _stage.wrote(out["curves_figure"])
+
+    metrics = {}
+    for row in rows:
+        name = variant_name(row["encoder"], row["landmark_loss"] == "yes")
+        for key in ("landmark_error", "photometric_error", "nme_mean_pct", "nme_all_pct", "seconds_per_iteration"):
+            metrics[f"{name}_{key}"] = row[key]
+    for encoder_name in e3["encoders"]:
+        metrics[f"{encoder_name}_landmark_loss_lowers_landmark_error"] = bool(
+            metrics[f"{encoder_name}_land_landmark_error"] < metrics[f"{encoder_name}_noland_landmark_error"])
+    _stage.write_json(out["metrics"], metrics)
+    return metrics
+
+
+def paper_value_e3(metric: str, display_name: str, landmark_loss: str = "no") -> float | None:
+    from mofa.paper import paper_value
+    return paper_value("E3", metric, display_name, landmark_loss)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_stage.main(NAME, run, __doc__.splitlines()[0]))
