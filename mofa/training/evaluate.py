@@ -39,6 +39,15 @@ def image_metrics(decoder: Decoder, codes: torch.Tensor, images: torch.Tensor,
     return out
 
 
+def mean_and_median(per_image: dict[str, np.ndarray]) -> dict[str, float]:
+    """{metric: (B,) values} -> {metric_mean, metric_median}, ignoring NaN (mofa.metrics.summarise)."""
+    out = {}
+    for name, values in per_image.items():
+        summary = metrics.summarise(values)
+        out[f"{name}_mean"], out[f"{name}_median"] = summary["mean"], summary["median"]
+    return out
+
+
 def synthetic_evaluator(decoder: Decoder, test_set, n_images: int, input_size: int,
                         device: torch.device | str = "cpu") -> Callable[[torch.nn.Module], dict]:
     """A function encoder -> {metric_mean, metric_median} on the first n_images of a synthetic split:
@@ -52,11 +61,7 @@ def synthetic_evaluator(decoder: Decoder, test_set, n_images: int, input_size: i
             pred_vertices = decoder(codes.to(decoder.mean_shape.device)).vertices.cpu().numpy()
         per_image = {"geometric_error": metrics.geometric_error(pred_vertices, batch["vertices"].numpy()),
                      **image_metrics(decoder, codes, batch["images"], batch["landmarks"])}
-        out = {}
-        for name, values in per_image.items():
-            summary = metrics.summarise(values)
-            out[f"{name}_mean"], out[f"{name}_median"] = summary["mean"], summary["median"]
-        return out
+        return mean_and_median(per_image)
 
     return evaluate
 
@@ -75,10 +80,6 @@ def real_evaluator(decoder: Decoder, eval_set, n_images: int, input_size: int,
         with torch.no_grad():
             screen = decoder(codes.to(decoder.mean_shape.device)).screen[:, decoder.landmarks].cpu().numpy()
         per_image["nme"] = metrics.nme_aflw2000(screen, batch["gt_landmarks"].numpy())
-        out = {}
-        for name, values in per_image.items():
-            summary = metrics.summarise(values)
-            out[f"{name}_mean"], out[f"{name}_median"] = summary["mean"], summary["median"]
-        return out
+        return mean_and_median(per_image)
 
     return evaluate
