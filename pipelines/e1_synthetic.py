@@ -60,7 +60,7 @@ def run(cfg: dict) -> dict:
     from mofa.figures.curves import plot_curves
     from mofa.training.evaluate import synthetic_evaluator
     from mofa.training.runs import prepare_run_dir, run_training
-    from pipelines.tables import write_table
+    from pipelines.tables import figure_metadata, write_table
 
     e1, out = cfg["e1"], outputs(cfg)
     model = build_face_model(cfg)
@@ -75,10 +75,11 @@ def run(cfg: dict) -> dict:
     table = summary_table(curves, e1["encoder"])
     write_table(table, out["table"], out["table_md"], cfg,
                 title=f"E1 (Fig. 10): {e1['encoder']} without landmarks, synthetic test set "
-                      f"({min(cfg['training']['eval_images'], len(test_set))} images); {encoder.init_description}")
+                      f"({min(cfg['training']['eval_images'], len(test_set))} images); {encoder.init_description}", stage=NAME)
     plot_curves(curves, [(m, u) for m, u in METRICS], out["figure"],
                 title=f"E1: {e1['encoder']} on synthetic data ({cfg['preset']} preset)",
-                paper={m: (t.paper_start, t.paper_end) for m, t in zip([m for m, _ in METRICS], table.itertuples())})
+                paper={m: (t.paper_start, t.paper_end) for m, t in zip([m for m, _ in METRICS], table.itertuples())},
+                metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["figure"])
     metrics = {f"{r.metric}_{k}": getattr(r, k) for r in table.itertuples() for k in ("ours_start", "ours_end")}
     metrics["encoder_init"] = encoder.init_description

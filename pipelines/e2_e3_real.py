@@ -138,7 +138,7 @@ def run(cfg: dict) -> dict:
     from mofa.training.evaluate import real_evaluator
     from mofa.training.mixed import MixedSource
     from mofa.training.runs import run_training, training_decoder
-    from pipelines.tables import write_table
+    from pipelines.tables import figure_metadata, write_table
 
     e3, out = cfg["e3"], outputs(cfg)
     model = build_face_model(cfg)
@@ -176,11 +176,12 @@ def run(cfg: dict) -> dict:
     write_table(variants_table, out["table"], out["table_md"], cfg,
                 title=f"E3 (Figs. 8, 11): final errors on the AFLW2000 eval split ({n_eval} images; landmark error "
                       f"over 46 points in {cfg['camera']['image_size']} px crops against the ground truth) and the AFLW2000-3D NME "
-                      f"(68 points, %) of each variant on all {len(eval_real)} kept eval images")
+                      f"(68 points, %) of each variant on all {len(eval_real)} kept eval images", stage=NAME)
     plot_variant_bars(variants_table, [("landmark_error", "paper_landmark_error", "landmark error (px)"),
                                        ("photometric_error", "paper_photometric_error", "photometric error"),
                                        ("nme_all_pct", None, "AFLW2000-3D NME, all eval images (%)")],
-                      out["figure"], title=f"E3: the four variants ({cfg['preset']} preset) beside the paper")
+                      out["figure"], title=f"E3: the four variants ({cfg['preset']} preset) beside the paper",
+                      metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["figure"])
 
     no_landmarks = {DISPLAY.get(e, e): curves[(e, False)] for e in e3["encoders"]}
@@ -192,10 +193,11 @@ def run(cfg: dict) -> dict:
         curves_table[f"paper_{metric}_end"] = [paper_value_e3(metric, name) for name in curves_table.encoder]
     write_table(curves_table, out["curves_table"], out["curves_table_md"], cfg,
                 title=f"E2 (Fig. 9): without landmarks, on real photos, against iterations; AFLW2000 eval split "
-                      f"({n_eval} images); the paper's values are after 200k iterations")
+                      f"({n_eval} images); the paper's values are after 200k iterations", stage=NAME)
     plot_curves(no_landmarks, list(METRICS), out["curves_figure"],
                 title=f"E2: trained without landmarks on real photos, AFLW2000 eval ({cfg['preset']} preset)",
-                paper={m: (None, {name: paper_value_e3(m, name) for name in no_landmarks}) for m, _ in METRICS})
+                paper={m: (None, {name: paper_value_e3(m, name) for name in no_landmarks}) for m, _ in METRICS},
+                metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["curves_figure"])
 
     metrics = {}

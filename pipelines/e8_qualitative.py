@@ -40,6 +40,7 @@ def run(cfg: dict) -> dict:
     from mofa.realdata.prepare import RealFaceSet
     from mofa.training.runs import load_encoder, training_decoder
     from mofa.training.trainer import predict_codes
+    from pipelines.tables import figure_metadata
 
     out = outputs(cfg)
     photos = RealFaceSet(real_data.folder(cfg, "ibug68"), "all")
@@ -47,7 +48,7 @@ def run(cfg: dict) -> dict:
     batch = photos.batch(np.arange(n), "cpu")
     labels = [i.split("/", 1)[-1] for i in photos.ids[:n]]
     model, device = build_face_model(cfg), select_device(cfg)
-    metrics = {"photos": n}
+    metrics, stamp = {"photos": n}, figure_metadata(cfg, NAME)
     for encoder_name, landmarks in e2_e3_real.variants(cfg):
         name = e2_e3_real.variant_name(encoder_name, landmarks)
         vcfg = e2_e3_real.variant_config(cfg, encoder_name)
@@ -58,7 +59,7 @@ def run(cfg: dict) -> dict:
             codes = predict_codes(encoder.to(device), batch["images"].to(device),
                                   trained_size or vcfg["training"]["input_size"])
             panels = reconstruction_panels(decoder, codes, batch["images"])
-            plot_grid(panels, out[f"figure_{name}"], row_labels=labels,
+            plot_grid(panels, out[f"figure_{name}"], row_labels=labels, metadata=stamp,
                       title=f"E8: {e2_e3_real.variant_label(encoder_name, landmarks)} ({cfg['preset']} preset)")
         _stage.wrote(out[f"figure_{name}"])
         metrics[f"{name}_overlay_coverage"] = float(np.mean([(p["overlay"] != p["input"]).any(-1).mean() for p in panels]))

@@ -22,7 +22,7 @@ PARAMS = ("face_model", "camera")
 SOURCES = ("config/schema.yaml", "mofa/__init__.py", "mofa/errors.py", "mofa/config.py", "mofa/facemodel",
            "mofa/decoder", "mofa/render", "mofa/figures/__init__.py", "mofa/figures/face_model_card.py",
            "mofa/bench.py", "mofa/losses.py", "mofa/landmarks.py",
-           "pipelines/__init__.py", "pipelines/_stage.py", "pipelines/face_model.py")
+           "pipelines/__init__.py", "pipelines/_stage.py", "pipelines/tables.py", "pipelines/face_model.py")
 
 log = logging.getLogger(f"mofa.stage.{NAME}")
 
@@ -40,6 +40,7 @@ def run(cfg: dict) -> dict:
     from mofa.decoder import CodeLayout
     from mofa.facemodel import build_face_model, cache_path
     from mofa.figures.face_model_card import plot_face_model_card
+    from pipelines.tables import figure_metadata
 
     out = outputs(cfg)
     cached = cache_path(cfg)
@@ -53,7 +54,7 @@ def run(cfg: dict) -> dict:
     _stage.publish(cached, out["model"])
 
     with _stage.timed("model card") as card:
-        plot_face_model_card(model, camera_from_config(cfg), out["figure"])
+        plot_face_model_card(model, camera_from_config(cfg), out["figure"], metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["figure"])
 
     metrics = {

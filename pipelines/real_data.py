@@ -43,6 +43,12 @@ def outputs(cfg: Mapping) -> dict[str, Path]:
             "metrics": results_dir(cfg) / "metrics" / "real_data.json"}
 
 
+def manifests(cfg: Mapping) -> dict[str, Path]:
+    """The files that describe the data this stage writes (every image kept or dropped); their hashes stamp
+    every table and figure made from it (pipelines/tables.py)."""
+    return {f"real/{dataset}": folder(cfg, dataset) / "manifest.csv" for dataset in DATASETS}
+
+
 def dataset_root(cfg: Mapping, dataset: str) -> Path:
     """real_data.<dataset>_root, else the dataset's environment variable; a MofaError naming both."""
     from mofa.realdata.adapters import ENV_VARS

@@ -32,6 +32,12 @@ def outputs(cfg: Mapping) -> dict[str, Path]:
             "metrics": results_dir(cfg) / "metrics" / "synthetic.json"}
 
 
+def manifests(cfg: Mapping) -> dict[str, Path]:
+    """The files that describe the data this stage writes; their hashes stamp every table and figure made
+    from it (pipelines/tables.py)."""
+    return {f"synthetic/{split}": data_dir(cfg) / split / "manifest.json" for split in ("train", "test")}
+
+
 def run(cfg: dict) -> dict:
     from mofa.data.synthetic import generate
     from mofa.facemodel import build_face_model

@@ -1,6 +1,10 @@
-"""Result tables: CSV + Markdown, each stamped with where it came from (commit, config hash)."""
+"""Result tables: CSV + Markdown, each stamped with where it came from (preset, config hash, commit and
+the hashes of the data manifests the stage read); figures carry the same stamp in their PNG metadata."""
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
 import os
 import subprocess
 import tempfile
@@ -10,7 +14,14 @@ from pathlib import Path
 import pandas as pd
 
 from mofa.config import config_hash
+from mofa.errors import MofaError
 from pipelines._stage import wrote
+
+# A manifest's timings (synthetic/<split>/manifest.json) say how fast it was made, not what was made:
+# left out of its hash, so that the same config gives the same stamp.
+VOLATILE_KEYS = frozenset({"seconds", "images_per_second"})
+HASH_CHARS = 12
+PNG_KEY = "Provenance"  # the PNG text chunk of every figure that holds provenance()
 
 
 def git_commit() -> str:
@@ -25,8 +36,56 @@ def git_commit() -> str:
         return "unknown"
 
 
-def provenance(cfg: Mapping) -> str:
-    return f"preset {cfg['preset']}, config {config_hash(cfg)}, commit {git_commit()}"
+def needed_stages(stage: str) -> list[str]:
+    """Every stage whose outputs `stage` reads, directly or through others (each module's NEEDS), in a
+    stable order: depth first, each once."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        for other in getattr(importlib.import_module(f"pipelines.{name}"), "NEEDS", ()):
+            if other not in order:
+                visit(other)
+                order.append(other)
+
+    visit(stage)
+    return order
+
+
+def data_manifests(cfg: Mapping, stage: str) -> dict[str, Path]:
+    """The manifests of the data `stage` read: those of the data stages it needs (a stage module that
+    writes data declares them with manifests(cfg))."""
+    found: dict[str, Path] = {}
+    for name in needed_stages(stage):
+        module = importlib.import_module(f"pipelines.{name}")
+        found.update(module.manifests(cfg) if hasattr(module, "manifests") else {})
+    return found
+
+
+def manifest_hash(path: Path) -> str:
+    """A short sha256 of a manifest: JSON without its timings (VOLATILE_KEYS), other files byte for byte."""
+    if not path.is_file():
+        raise MofaError(f"{path}: data manifest missing; run the stage that writes it first")
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        content = {k: v for k, v in json.loads(data).items() if k not in VOLATILE_KEYS}
+        data = json.dumps(content, sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()[:HASH_CHARS]
+
+
+def data_hashes(cfg: Mapping, stage: str) -> dict[str, str]:
+    """{'synthetic/train': 'ab12...', ...} for the data `stage` read."""
+    return {name: manifest_hash(path) for name, path in data_manifests(cfg, stage).items()}
+
+
+def provenance(cfg: Mapping, stage: str) -> str:
+    """Where a result of `stage` came from, in one line (no timestamp: the same inputs give the same line)."""
+    data = " ".join(f"{name}={digest}" for name, digest in data_hashes(cfg, stage).items()) or "none"
+    return f"preset {cfg['preset']}, config {config_hash(cfg)}, commit {git_commit()}, data {data}"
+
+
+def figure_metadata(cfg: Mapping, stage: str) -> dict[str, str]:
+    """PNG text chunks for a figure of `stage` (pass as `metadata=` to the plotting functions)."""
+    return {PNG_KEY: provenance(cfg, stage)}
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -38,10 +97,12 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_table(frame: pd.DataFrame, csv_path: Path, md_path: Path, cfg: Mapping, title: str) -> None:
-    """Write `frame` as CSV (with a '# provenance' comment line first) and as a Markdown table."""
-    stamp = provenance(cfg)
+def write_table(frame: pd.DataFrame, csv_path: Path, md_path: Path, cfg: Mapping, title: str, *, stage: str) -> None:
+    """Write `frame` as CSV (with a '# title; provenance' comment line first) and as a Markdown table;
+    `stage` is the stage writing it (its name in pipelines/), whose data the stamp names."""
+    stamp = provenance(cfg, stage)
     _atomic_text(csv_path, f"# {title}; {stamp}\n" + frame.to_csv(index=False, float_format="%.4g"))
     _atomic_text(md_path, f"**{title}**\n\n{frame.to_markdown(index=False, floatfmt='.4g')}\n\n_{stamp}_\n")
     wrote(csv_path)
     wrote(md_path)
+

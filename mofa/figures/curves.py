@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
@@ -11,19 +12,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def save_figure(fig, out_path: str | Path, dpi: int = 120) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
+def save_figure(fig, out_path: str | Path, dpi: int = 120, metadata: Mapping[str, str] | None = None) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it; `metadata` goes into PNG text chunks."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata=dict(metadata or {}))
     plt.close(fig)
     os.replace(tmp, out_path)
     return out_path
 
 
 def plot_curves(curves: pd.DataFrame | dict[str, pd.DataFrame], metrics: list[tuple[str, str]], out_path,
-                title: str, paper: dict[str, tuple] | None = None) -> Path:
+                title: str, paper: dict[str, tuple] | None = None, metadata: Mapping[str, str] | None = None) -> Path:
     """One panel per metric: mean (solid) and median (dashed) against iterations, for one run or a
     dict of named runs; the paper's start/end values (after its 200k iterations) as grey markers.
     paper: {metric: (start, end)}; an end may also be {run name: value}, drawn in that run's colour."""
@@ -52,4 +53,4 @@ def plot_curves(curves: pd.DataFrame | dict[str, pd.DataFrame], metrics: list[tu
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, out_path)
+    return save_figure(fig, out_path, metadata=metadata)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ def model_card_codes(layout) -> tuple[torch.Tensor, list[tuple[int, int, str]]]:
 
 
 def plot_face_model_card(model, camera: PinholeCamera, out_path: str | os.PathLike,
-                         supersample: int = 2) -> Path:
+                         supersample: int = 2, metadata: Mapping[str, str] | None = None) -> Path:
     """Render the mean face and the -3 / +3 sd faces of the first shape, expression and reflectance
     modes (frontal, zero light: ambient only) in a grid; write a PNG atomically; return its path.
 
@@ -84,7 +85,7 @@ def plot_face_model_card(model, camera: PinholeCamera, out_path: str | os.PathLi
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name, suffix=".tmp")
     os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata=dict(metadata or {}))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode

@@ -2,6 +2,7 @@
 it, the shaded geometry, the reflectance, and the estimated illumination shown on a sphere."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
@@ -61,7 +62,8 @@ def reconstruction_panels(decoder, codes: torch.Tensor, images: torch.Tensor) ->
 
 
 def plot_grid(panels: list[dict[str, np.ndarray]], out_path: str | Path, title: str,
-              row_labels: list[str] | None = None, cell_inches: float = 1.5) -> Path:
+              row_labels: list[str] | None = None, cell_inches: float = 1.5,
+              metadata: Mapping[str, str] | None = None) -> Path:
     """Rows = photos, columns = COLUMNS; saved as PNG."""
     rows = max(1, len(panels))
     fig, axes = plt.subplots(rows, len(COLUMNS), figsize=(cell_inches * len(COLUMNS), cell_inches * rows + 0.4),
@@ -83,4 +85,4 @@ def plot_grid(panels: list[dict[str, np.ndarray]], out_path: str | Path, title: 
     height = cell_inches * rows + 0.4
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height))  # keep the title clear of the column titles
-    return save_figure(fig, out_path, dpi=100)
+    return save_figure(fig, out_path, dpi=100, metadata=metadata)

@@ -1,6 +1,7 @@
 """Bar plots of per-variant results beside the paper's (E3, paper Figs. 8, 11)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +15,7 @@ from mofa.figures.curves import save_figure  # noqa: E402
 
 
 def plot_variant_bars(table: pd.DataFrame, panels: list[tuple[str, str | None, str]], out_path: str | Path,
-                      title: str, label: str = "variant") -> Path:
+                      title: str, label: str = "variant", metadata: Mapping[str, str] | None = None) -> Path:
     """One panel per (our column, paper column or None, axis label): a pair of bars per row of
     `table` (named by its `label` column), ours and the paper's; a missing value draws no bar."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.4), squeeze=False)
@@ -38,4 +39,4 @@ def plot_variant_bars(table: pd.DataFrame, panels: list[tuple[str, str | None, s
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, out_path)
+    return save_figure(fig, out_path, metadata=metadata)
