@@ -28,6 +28,7 @@ rule all:
         stage_targets("e7_speed"),
         stage_targets("e2_e3_real"),
         stage_targets("e8_qualitative"),
+        stage_targets("e4_baselines"),
 
 
 include: "workflow/rules/face_model.smk"
@@ -37,3 +38,4 @@ include: "workflow/rules/e7_speed.smk"
 include: "workflow/rules/real_data.smk"
 include: "workflow/rules/e2_e3_real.smk"
 include: "workflow/rules/e8_qualitative.smk"
+include: "workflow/rules/e4_baselines.smk"

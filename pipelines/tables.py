@@ -106,3 +106,8 @@ def write_table(frame: pd.DataFrame, csv_path: Path, md_path: Path, cfg: Mapping
     wrote(csv_path)
     wrote(md_path)
 
+
+def write_csv(frame: pd.DataFrame, csv_path: Path) -> None:
+    """A plain CSV (e.g. per-image values), written atomically."""
+    _atomic_text(csv_path, frame.to_csv(index=False, float_format="%.6g"))
+    wrote(csv_path)

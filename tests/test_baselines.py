@@ -286,3 +286,14 @@ def test_image_fidelity_over_a_mask():
     assert out["psnr"][0] == pytest.approx(20.0) and out["psnr"][1] == np.inf
     assert out["ssim"][0] < 1.0
     assert np.isnan(image_fidelity(pred, target, np.zeros_like(mask))["l1"]).all()
+
+
+def test_e4_failure_fraction_on_a_constructed_case():
+    from pipelines.e4_baselines import failure_fraction
+
+    start = np.array([10.0, 10.0, 10.0, 10.0, np.nan])
+    land = np.array([2.0, 2.0, 6.0, 4.0, 1.0])
+    no_land = np.array([11.0, 5.0, 9.0, 3.0, 50.0])  # worse than start; > 2x landmark fit; neither; neither; no GT
+    out = failure_fraction(start, no_land, land, factor=2.0)
+    assert out == {"worse_than_start": 0.25, "far_above_landmark_fit": 0.5, "failed": 0.5}
+    assert np.isnan(failure_fraction(start[-1:], no_land[-1:], land[-1:], 2.0)["failed"])

@@ -256,20 +256,22 @@ def test_real_data_stage_names_the_environment_variable(monkeypatch):
 
 # -- the stages on tiny inputs -----------------------------------------------------------------------------
 
-def test_real_data_e2_e3_and_e8_stages_on_tiny_inputs(tmp_path, monkeypatch):
-    """real_data -> e2_e3_real -> e8_qualitative with the ci preset cut down: 14 AFLW2000 images (8
-    training, 2 eval), AlexNet only, 2 iterations per variant, started from stand-in E1 weights."""
+def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch):
+    """real_data -> e2_e3_real -> e8_qualitative -> e4_baselines with the ci preset cut down: 14 AFLW2000
+    images (8 training, 2 eval), AlexNet only, 2 iterations per variant, started from stand-in E1 weights;
+    E4 fits one image of each set with 2 Gauss-Newton steps."""
     from mofa.encoders import build_encoder
     from mofa.facemodel import build_face_model
     from mofa.training.runs import training_decoder
-    from pipelines import e1_synthetic, e2_e3_real, e8_qualitative, real_data, synthetic
+    from pipelines import e1_synthetic, e2_e3_real, e4_baselines, e8_qualitative, real_data, synthetic
 
     _env_dir("MOFA_AFLW2000_DIR", "image*.mat")
     _env_dir("MOFA_IBUG68_DIR", "*.pts")
     monkeypatch.chdir(REPO_ROOT)
     cfg = load_config("ci", {"results_dir": str(tmp_path / "results"), "synthetic.n_train": 4, "synthetic.n_test": 1,
                              "real_data.max_images": 14, "e3.encoders": ["alexnet"], "e3.evaluations": 1,
-                             "e3.alexnet.iterations": 2, "e8.max_photos": 2, "training.eval_images": 2})
+                             "e3.alexnet.iterations": 2, "e8.max_photos": 2, "training.eval_images": 2,
+                             "e4.steps": 2, "e4.real_images": 1})
     synthetic.run(cfg)
     e1_weights = e1_synthetic.outputs(cfg)["encoder"]  # stands in for E1's run
     e1_weights.parent.mkdir(parents=True)
@@ -306,6 +308,25 @@ def test_real_data_e2_e3_and_e8_stages_on_tiny_inputs(tmp_path, monkeypatch):
     for path in figures.values():
         assert path.is_file() and path.stat().st_size > 10_000
     assert 0 < metrics["alexnet_land_overlay_coverage"] < 1
+
+    metrics = e4_baselines.run(cfg)
+    outputs = e4_baselines.outputs(cfg)
+    assert all(path.is_file() for path in outputs.values()), [p for p in outputs.values() if not p.is_file()]
+    table = pd.read_csv(outputs["table"], comment="#").set_index(["dataset", "method"])
+    methods = [e4_baselines.MEAN_FACE, e4_baselines.GN_LAND, e4_baselines.GN_NOLAND,
+               "E1 AlexNet (synthetic, no landmarks)", "E3 AlexNet without landmarks", "E3 AlexNet with landmarks"]
+    assert [m for d, m in table.index if d == "synthetic"] == methods
+    assert [m for d, m in table.index if d == "real"] == methods
+    syn, real = table.loc["synthetic"], table.loc["real"]
+    assert np.isfinite(syn["geometric_error_mean"]).all() and syn["nme_mean"].isna().all()
+    assert np.isfinite(real[["landmark_error_mean", "nme_mean"]].to_numpy()).all() and real["geometric_error_mean"].isna().all()
+    # Two steps from the mean face already lower the landmark fit's landmark error (its own energy term).
+    assert real.loc[e4_baselines.GN_LAND, "landmark_error_mean"] < real.loc[e4_baselines.MEAN_FACE, "landmark_error_mean"]
+    assert table["ms_per_image"].drop(index=e4_baselines.MEAN_FACE, level=1).gt(0).all()
+    assert table.loc[("synthetic", e4_baselines.GN_LAND), "paper_ms_per_image"] == 500
+    assert metrics["speedup"] == pytest.approx(metrics["gauss_newton_ms_per_image"] / metrics["fastest_encoder_ms_per_image"])
+    per_image = pd.read_csv(outputs["per_image"])
+    assert len(per_image) == 2 * len(methods)  # one image of each set
 
 
 def test_run_folder_starts_over_when_what_made_it_changed(tmp_path):

@@ -15,9 +15,11 @@ from mofa.figures.curves import save_figure  # noqa: E402
 
 
 def plot_variant_bars(table: pd.DataFrame, panels: list[tuple[str, str | None, str]], out_path: str | Path,
-                      title: str, label: str = "variant", metadata: Mapping[str, str] | None = None) -> Path:
+                      title: str, label: str = "variant", metadata: Mapping[str, str] | None = None,
+                      log_panels: tuple[str, ...] = ()) -> Path:
     """One panel per (our column, paper column or None, axis label): a pair of bars per row of
-    `table` (named by its `label` column), ours and the paper's; a missing value draws no bar."""
+    `table` (named by its `label` column), ours and the paper's; a missing value draws no bar.
+    Panels whose column is in `log_panels` get a logarithmic y axis (e.g. times spanning 1000x)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.4), squeeze=False)
     x = np.arange(len(table))
     for ax, (ours, paper, ylabel) in zip(axes[0], panels):
@@ -35,6 +37,8 @@ def plot_variant_bars(table: pd.DataFrame, panels: list[tuple[str, str | None, s
                     ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x, table[label], rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(ylabel)
+        if ours in log_panels:
+            ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)

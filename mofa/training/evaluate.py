@@ -48,38 +48,47 @@ def mean_and_median(per_image: dict[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
+def synthetic_metrics(decoder: Decoder, codes: torch.Tensor, batch: dict) -> dict[str, np.ndarray]:
+    """Per-image errors of codes (B, D) on a synthetic batch (SyntheticSet.batch): geometric error (mm,
+    face region, after translation and isotropic scale), photometric error, landmark error (46 points, px)."""
+    with torch.no_grad():
+        pred_vertices = decoder(codes.to(decoder.mean_shape.device)).vertices.cpu().numpy()
+    return {"geometric_error": metrics.geometric_error(pred_vertices, batch["vertices"].numpy()),
+            **image_metrics(decoder, codes, batch["images"], batch["landmarks"])}
+
+
+def real_metrics(decoder: Decoder, codes: torch.Tensor, batch: dict) -> dict[str, np.ndarray]:
+    """Per-image errors of codes (B, D) on a real-face batch (RealFaceSet.batch): landmark error (46
+    points, crop px) against the ground-truth landmarks (NaN where an image has none), photometric
+    error, and the 68-point NME of the AFLW2000-3D protocol (fraction of sqrt(w h) of the GT box)."""
+    per_image = image_metrics(decoder, codes, batch["images"], batch["gt_landmarks"])
+    with torch.no_grad():
+        screen = decoder(codes.to(decoder.mean_shape.device)).screen[:, decoder.landmarks].cpu().numpy()
+    per_image["nme"] = metrics.nme_aflw2000(screen, batch["gt_landmarks"].numpy())
+    return per_image
+
+
 def synthetic_evaluator(decoder: Decoder, test_set, n_images: int, input_size: int,
                         device: torch.device | str = "cpu") -> Callable[[torch.nn.Module], dict]:
-    """A function encoder -> {metric_mean, metric_median} on the first n_images of a synthetic split:
-    geometric error (mm, face region, after translation and isotropic scale), photometric error and
-    landmark error (46 points, px)."""
+    """A function encoder -> {metric_mean, metric_median} of `synthetic_metrics` on the first n_images
+    of a synthetic split."""
     batch = test_set.batch(np.arange(min(n_images, len(test_set))), "cpu")
 
     def evaluate(encoder: torch.nn.Module) -> dict:
         codes = predict_codes(encoder, batch["images"].to(device), input_size).cpu()
-        with torch.no_grad():
-            pred_vertices = decoder(codes.to(decoder.mean_shape.device)).vertices.cpu().numpy()
-        per_image = {"geometric_error": metrics.geometric_error(pred_vertices, batch["vertices"].numpy()),
-                     **image_metrics(decoder, codes, batch["images"], batch["landmarks"])}
-        return mean_and_median(per_image)
+        return mean_and_median(synthetic_metrics(decoder, codes, batch))
 
     return evaluate
 
 
 def real_evaluator(decoder: Decoder, eval_set, n_images: int, input_size: int,
                    device: torch.device | str = "cpu") -> Callable[[torch.nn.Module], dict]:
-    """A function encoder -> {metric_mean, metric_median} on the first n_images of a real-face split
-    (a RealFaceSet): landmark error (46 points, crop px) against the dataset's ground-truth landmarks
-    (images without them are skipped), photometric error, and the 68-point NME of the AFLW2000-3D
-    protocol (fraction of sqrt(w h) of the ground-truth box)."""
+    """A function encoder -> {metric_mean, metric_median} of `real_metrics` on the first n_images of a
+    real-face split (a RealFaceSet)."""
     batch = eval_set.batch(np.arange(min(n_images, len(eval_set))), "cpu")
 
     def evaluate(encoder: torch.nn.Module) -> dict:
         codes = predict_codes(encoder, batch["images"].to(device), input_size).cpu()
-        per_image = image_metrics(decoder, codes, batch["images"], batch["gt_landmarks"])
-        with torch.no_grad():
-            screen = decoder(codes.to(decoder.mean_shape.device)).screen[:, decoder.landmarks].cpu().numpy()
-        per_image["nme"] = metrics.nme_aflw2000(screen, batch["gt_landmarks"].numpy())
-        return mean_and_median(per_image)
+        return mean_and_median(real_metrics(decoder, codes, batch))
 
     return evaluate

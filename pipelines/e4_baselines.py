@@ -1,0 +1,245 @@
+"""Stage `e4_baselines` (paper Sec. 7, Figs. 7, 14): the optimisation baseline (Gauss-Newton on the
+MoFA energy, 50 steps from the mean face, with and without landmarks; baselines/gauss_newton.py)
+against the trained encoders (E1's synthetic run and E3's four variants), on the first images of the
+synthetic test set (geometric, photometric, landmark error) and of the AFLW2000 eval split (landmark
+error against the ground truth, photometric error, NME), with time per image on this machine.
+
+The Gauss-Newton fits use what a user would have: the image, and for the landmark variant the
+landmarks the data carries for training (synthetic: the true 2D landmarks; real photos: the automatic
+detector's, with its confidences), never the ground truth the errors are measured against.
+
+Writes, under results/<preset>/: tables/e4_baselines.csv + .md (mean and median per dataset and
+method, ms per image, the encoder's speed-up over Gauss-Newton beside the paper's 500 ms / 4 ms, and
+how often the variant without landmarks ended worse than it started or far above the landmark variant),
+tables/e4_per_image.csv, figures/e4_baselines.png and metrics/e4_baselines.json.
+
+    python -m pipelines.e4_baselines --config config/ci.yaml
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mofa.config import results_dir
+from pipelines import _stage, e1_synthetic, e2_e3_real, real_data, synthetic
+
+NAME = "e4_baselines"
+PARAMS = ("seed", "face_model", "camera", "light", "synthetic", "loss", "training", "encoders", "e1", "real_data",
+          "e3", "e4")
+NEEDS = ("synthetic", "real_data", "e1_synthetic", "e2_e3_real")
+SOURCES = ("config/schema.yaml", "mofa", "baselines/__init__.py", "baselines/gauss_newton.py", "pipelines/_stage.py",
+           "pipelines/tables.py", "pipelines/synthetic.py", "pipelines/real_data.py", "pipelines/e1_synthetic.py",
+           "pipelines/e2_e3_real.py", "pipelines/e4_baselines.py")
+GN_LAND, GN_NOLAND, MEAN_FACE = "Gauss-Newton with landmarks", "Gauss-Newton without landmarks", "mean face (start)"
+# The metric that decides whether a fit failed, per dataset: geometry where it is known.
+FAILURE_METRIC = {"synthetic": "geometric_error", "real": "landmark_error"}
+METRICS = {"synthetic": ("geometric_error", "photometric_error", "landmark_error"),
+           "real": ("landmark_error", "photometric_error", "nme")}
+ALL_METRICS = ("geometric_error", "photometric_error", "landmark_error", "nme")
+log = logging.getLogger(f"mofa.stage.{NAME}")
+
+
+def outputs(cfg: Mapping) -> dict[str, Path]:
+    root = results_dir(cfg)
+    return {"table": root / "tables" / "e4_baselines.csv", "table_md": root / "tables" / "e4_baselines.md",
+            "per_image": root / "tables" / "e4_per_image.csv", "figure": root / "figures" / "e4_baselines.png",
+            "metrics": root / "metrics" / "e4_baselines.json"}
+
+
+def trained_encoders(cfg: Mapping) -> list[tuple[str, str, Path]]:
+    """(label, encoder name, weights) of every encoder the earlier stages trained."""
+    out = [(f"E1 {e2_e3_real.DISPLAY.get(cfg['e1']['encoder'], cfg['e1']['encoder'])} (synthetic, no landmarks)",
+            cfg["e1"]["encoder"], e1_synthetic.run_dir(cfg) / "encoder.pt")]
+    for encoder, landmarks in e2_e3_real.variants(cfg):
+        out.append((f"E3 {e2_e3_real.variant_label(encoder, landmarks)}", encoder,
+                    e2_e3_real.run_dir(cfg, encoder, landmarks) / "encoder.pt"))
+    return out
+
+
+def failure_fraction(start: np.ndarray, no_land: np.ndarray, land: np.ndarray, factor: float) -> dict[str, float]:
+    """Per-image errors (B,) of the mean face, the no-landmark fit and the landmark fit -> the fraction
+    of images where the no-landmark fit ended worse than it started, ended above `factor` times the
+    landmark fit's error, and either. NaN entries (no ground truth) are left out."""
+    ok = np.isfinite(start) & np.isfinite(no_land) & np.isfinite(land)
+    if not ok.any():
+        return {"worse_than_start": float("nan"), "far_above_landmark_fit": float("nan"), "failed": float("nan")}
+    worse, far = no_land[ok] > start[ok], no_land[ok] > factor * land[ok]
+    return {"worse_than_start": float(worse.mean()), "far_above_landmark_fit": float(far.mean()),
+            "failed": float((worse | far).mean())}
+
+
+def time_encoder(encoder: torch.nn.Module, images: torch.Tensor, input_size: int, repeats: int) -> float:
+    """Seconds per image of the encoder alone at batch 1 (the paper's per-image figure), after a warm-up."""
+    from mofa.training.trainer import predict_codes
+
+    predict_codes(encoder, images[:1], input_size)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for image in images:
+            predict_codes(encoder, image[None], input_size)
+    if images.is_cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / (repeats * len(images))
+
+
+def run(cfg: dict) -> dict:
+    from baselines.gauss_newton import fit
+    from mofa.config import select_device
+    from mofa.data.synthetic import SyntheticSet
+    from mofa.facemodel import build_face_model
+    from mofa.figures.variants import plot_variant_bars
+    from mofa.paper import paper_value
+    from mofa.realdata.prepare import RealFaceSet
+    from mofa.training.evaluate import real_metrics, synthetic_metrics
+    from mofa.training.runs import load_encoder, loss_weights, training_decoder
+    from mofa.training.trainer import predict_codes
+    from pipelines.tables import figure_metadata, write_csv, write_table
+
+    e4, out, device = cfg["e4"], outputs(cfg), select_device(cfg)
+    torch.manual_seed(cfg["seed"])
+    model = build_face_model(cfg)
+    decoder = training_decoder(cfg, model).to(device)
+    test_set = SyntheticSet(synthetic.data_dir(cfg) / "test")
+    eval_set = RealFaceSet(real_data.folder(cfg, "aflw2000"), "eval")
+    datasets = {
+        "synthetic": (test_set.batch(np.arange(min(e4["synthetic_images"], len(test_set))), "cpu"), synthetic_metrics),
+        "real": (eval_set.batch(np.arange(min(e4["real_images"], len(eval_set))), "cpu"), real_metrics)}
+    encoders = [(label, name, *load_encoder(cfg, name, decoder, path)) for label, name, path in trained_encoders(cfg)]
+
+    per_image, seconds = [], {}
+    for dataset, (batch, score) in datasets.items():
+        images = batch["images"].to(device)
+        n = len(images)
+        log.info("%s: %d images", dataset, n)
+
+        def record(method: str, codes: torch.Tensor, secs: float) -> dict[str, np.ndarray]:
+            errors = score(decoder, codes.detach().float().cpu(), batch)
+            per_image.append(pd.DataFrame({"dataset": dataset, "method": method, "image": np.arange(n),
+                                           **{m: errors[m] for m in METRICS[dataset]}}))
+            seconds[(dataset, method)] = secs
+            return errors
+
+        start = record(MEAN_FACE, torch.zeros(n, decoder.code_size), 0.0)
+        fits = {}
+        for method, landmarks in ((GN_LAND, True), (GN_NOLAND, False)):
+            codes, secs = [], []
+            with _stage.timed(f"{dataset}: {method}, {e4['steps']} steps, {n} images"):
+                for first in range(0, n, e4["fit_batch"]):
+                    part = slice(first, first + e4["fit_batch"])
+                    result = fit(decoder, images[part], batch["landmarks"][part].to(device) if landmarks else None,
+                                 batch["landmark_confidence"][part].to(device)
+                                 if landmarks and "landmark_confidence" in batch else None,
+                                 loss_weights(cfg, landmarks), steps=e4["steps"])
+                    codes.append(result.codes)
+                    secs.append(result.seconds_per_image * len(result.codes))
+            fits[method] = record(method, torch.cat(codes), sum(secs) / n)
+        for label, name, encoder, input_size in encoders:
+            size = input_size or cfg["training"]["input_size"]
+            with torch.no_grad():
+                codes = predict_codes(encoder, images, size)
+                secs = time_encoder(encoder, images, size, e4["timing_repeats"])
+            record(label, codes, secs)
+        metric = FAILURE_METRIC[dataset]
+        failures = failure_fraction(start[metric], fits[GN_NOLAND][metric], fits[GN_LAND][metric],
+                                    e4["far_above_factor"])
+        log.info("%s: without landmarks, %s", dataset, failures)
+        seconds[(dataset, "failures")] = failures
+
+    frame = pd.concat(per_image, ignore_index=True)
+    table = summary_table(frame, seconds)
+    table["paper_ms_per_image"] = [paper_value("E4", "fit_time") if m.startswith("Gauss-Newton") else
+                                   (paper_value("E7", "inference_time", "AlexNet") if "AlexNet" in m else
+                                    paper_value("E7", "inference_time", "VGG-Face") if "VGG-Face" in m else None)
+                                   for m in table.method]
+    write_table(table, out["table"], out["table_md"], cfg,
+                title=f"E4 (Figs. 7, 14): Gauss-Newton ({e4['steps']} steps from the mean face) against the trained "
+                      f"encoders; synthetic test set ({len(datasets['synthetic'][0]['images'])} images) and AFLW2000 "
+                      f"eval split ({len(datasets['real'][0]['images'])} images); time per image on "
+                      f"{_device_name(device)} (paper: ~500 ms optimisation vs 4 ms AlexNet on a TitanX); 'far above' = more than "
+                      f"{e4['far_above_factor']:g}x the landmark fit's error", stage=NAME)
+    write_csv(frame, out["per_image"])
+    wide = figure_table(table)
+    plot_variant_bars(wide, [("synthetic_geometric_error", None, "synthetic geometric error (mm)"),
+                             ("real_landmark_error", None, "real landmark error (px)"),
+                             ("ms_per_image", "paper_ms_per_image", "ms per image (log scale)")],
+                      out["figure"], title=f"E4: optimisation baseline vs encoders ({cfg['preset']} preset)",
+                      label="method", log_panels=("ms_per_image",), metadata=figure_metadata(cfg, NAME))
+    _stage.wrote(out["figure"])
+    metrics = headline(table)
+    _stage.write_json(out["metrics"], metrics)
+    log.info("Gauss-Newton with landmarks %.0f ms/image vs the fastest encoder %.2f ms/image: %.0fx; synthetic "
+             "geometric error %.2f mm (Gauss-Newton) vs %.2f mm (E1 encoder)", metrics["gauss_newton_ms_per_image"],
+             metrics["fastest_encoder_ms_per_image"], metrics["speedup"],
+             metrics["gauss_newton_synthetic_geometric_error"], metrics["e1_encoder_synthetic_geometric_error"])
+    return metrics
+
+
+def summary_table(frame: pd.DataFrame, seconds: Mapping) -> pd.DataFrame:
+    """Per (dataset, method): mean and median of each metric, ms per image, speed-up over Gauss-Newton
+    with landmarks, and for the no-landmark fit the failure fractions."""
+    rows = []
+    for (dataset, method), group in frame.groupby(["dataset", "method"], sort=False):
+        row = {"dataset": dataset, "method": method, "images": len(group)}
+        for metric in ALL_METRICS:
+            if metric not in METRICS[dataset]:
+                row[f"{metric}_mean"] = row[f"{metric}_median"] = np.nan
+                continue
+            values = group[metric].to_numpy(float)
+            row[f"{metric}_mean"] = np.nanmean(values) if np.isfinite(values).any() else np.nan
+            row[f"{metric}_median"] = np.nanmedian(values) if np.isfinite(values).any() else np.nan
+        ms = 1000 * seconds[(dataset, method)]
+        row["ms_per_image"] = ms if method != MEAN_FACE else np.nan
+        gn = 1000 * seconds[(dataset, GN_LAND)]
+        row["speedup_over_gauss_newton"] = gn / ms if method not in (MEAN_FACE, GN_LAND, GN_NOLAND) and ms > 0 else np.nan
+        failures = seconds[(dataset, "failures")] if method == GN_NOLAND else {}
+        row["fraction_worse_than_start"] = failures.get("worse_than_start", np.nan)
+        row["fraction_far_above_landmark_fit"] = failures.get("far_above_landmark_fit", np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def figure_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: synthetic geometric error, real landmark error, ms per image (mean over datasets)."""
+    rows = []
+    for method, group in table.groupby("method", sort=False):
+        by = group.set_index("dataset")
+        rows.append({"method": method,
+                     "synthetic_geometric_error": by["geometric_error_mean"].get("synthetic", np.nan),
+                     "real_landmark_error": by["landmark_error_mean"].get("real", np.nan),
+                     "ms_per_image": group["ms_per_image"].mean(),
+                     "paper_ms_per_image": group["paper_ms_per_image"].iloc[0]})
+    return pd.DataFrame(rows)
+
+
+def headline(table: pd.DataFrame) -> dict:
+    """The numbers the issue asks to print: speed-up and synthetic geometric error of both sides."""
+    syn = table[table.dataset == "synthetic"].set_index("method")
+    encoders = table[table.method.str.startswith("E")]
+    fastest = encoders.groupby("method")["ms_per_image"].mean().min()
+    gn_ms = table[table.method == GN_LAND]["ms_per_image"].mean()
+    e1 = [m for m in syn.index if m.startswith("E1")][0]
+    out = {"gauss_newton_ms_per_image": float(gn_ms), "fastest_encoder_ms_per_image": float(fastest),
+           "speedup": float(gn_ms / fastest),
+           "gauss_newton_synthetic_geometric_error": float(syn.loc[GN_LAND, "geometric_error_mean"]),
+           "gauss_newton_no_landmarks_synthetic_geometric_error": float(syn.loc[GN_NOLAND, "geometric_error_mean"]),
+           "mean_face_synthetic_geometric_error": float(syn.loc[MEAN_FACE, "geometric_error_mean"]),
+           "e1_encoder_synthetic_geometric_error": float(syn.loc[e1, "geometric_error_mean"])}
+    for dataset in ("synthetic", "real"):
+        row = table[(table.dataset == dataset) & (table.method == GN_NOLAND)].iloc[0]
+        out[f"{dataset}_no_landmark_fraction_worse_than_start"] = float(row["fraction_worse_than_start"])
+    return out
+
+
+def _device_name(device) -> str:
+    from mofa.bench import device_name
+    return device_name(torch.device(device))
+
+
+if __name__ == "__main__":
+    raise SystemExit(_stage.main(NAME, run, __doc__.splitlines()[0]))
