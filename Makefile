@@ -25,13 +25,17 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@# Shared libraries that slim Debian images lack: Open3D links libusb-1.0; the OpenCV wheel that
-	@# mediapipe requires (opencv-contrib-python, not headless) links libGL and GLib.
+	@# mediapipe requires (opencv-contrib-python, not headless) links libGL and GLib. The report's browser
+	@# test (tests/test_report.py) drives headless Chromium through chromedriver.
 	@missing=""; libs="$$( { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } )"; \
 	for pair in libusb-1.0.so.0:libusb-1.0-0 libGL.so.1:libgl1 libglib-2.0.so.0:libglib2.0-0; do \
 	  echo "$$libs" | grep -q "$${pair%%:*}" || missing="$$missing $${pair##*:}"; \
 	done; \
+	for pair in chromium:chromium chromedriver:chromium-driver; do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages the wheels need:$$missing"; \
+	  echo "installing Debian packages the wheels and tests need:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 	@test -x $(BIN)/python || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }

@@ -29,6 +29,7 @@ rule all:
         stage_targets("e2_e3_real"),
         stage_targets("e8_qualitative"),
         stage_targets("e4_baselines"),
+        stage_targets("report"),
 
 
 include: "workflow/rules/face_model.smk"
@@ -39,3 +40,4 @@ include: "workflow/rules/real_data.smk"
 include: "workflow/rules/e2_e3_real.smk"
 include: "workflow/rules/e8_qualitative.smk"
 include: "workflow/rules/e4_baselines.smk"
+include: "workflow/rules/report.smk"

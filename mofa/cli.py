@@ -88,6 +88,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from mofa.config import load_config, results_dir
+    from mofa.results import format_value, main_table
+
+    root = results_dir(load_config(args.preset))
+    table = main_table(root / "tables")
+    print(f"{args.preset} preset ({root}): ours beside the paper's (paper_*)")
+    print(table.apply(lambda column: column.map(format_value)).to_string(index=False))
+    report = root / "report.html"
+    print(f"full report: {report}" if report.is_file() else
+          f"no {report} yet: snakemake --cores all --configfile config/{args.preset}.yaml report")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mofa", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -131,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
     p.add_argument("--out", type=Path, help="also write the table as CSV here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="print the main results table (one row per method, beside the paper's)")
+    p.add_argument("--preset", default="default", help="preset name (ci, default, paper) or YAML file")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

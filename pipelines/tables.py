@@ -97,6 +97,12 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file atomically and log it."""
+    _atomic_text(path, text)
+    return wrote(path)
+
+
 def write_table(frame: pd.DataFrame, csv_path: Path, md_path: Path, cfg: Mapping, title: str, *, stage: str) -> None:
     """Write `frame` as CSV (with a '# title; provenance' comment line first) and as a Markdown table;
     `stage` is the stage writing it (its name in pipelines/), whose data the stamp names."""
