@@ -29,6 +29,8 @@ rule all:
         stage_targets("e2_e3_real"),
         stage_targets("e8_qualitative"),
         stage_targets("e4_baselines"),
+        stage_targets("e5_conv_autoencoder"),
+        stage_targets("e6_learned_decoder"),
         stage_targets("report"),
 
 
@@ -40,4 +42,6 @@ include: "workflow/rules/real_data.smk"
 include: "workflow/rules/e2_e3_real.smk"
 include: "workflow/rules/e8_qualitative.smk"
 include: "workflow/rules/e4_baselines.smk"
+include: "workflow/rules/e5_conv_autoencoder.smk"
+include: "workflow/rules/e6_learned_decoder.smk"
 include: "workflow/rules/report.smk"

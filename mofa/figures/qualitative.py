@@ -2,7 +2,7 @@
 it, the shaded geometry, the reflectance, and the estimated illumination shown on a sphere."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -63,16 +63,17 @@ def reconstruction_panels(decoder, codes: torch.Tensor, images: torch.Tensor) ->
 
 def plot_grid(panels: list[dict[str, np.ndarray]], out_path: str | Path, title: str,
               row_labels: list[str] | None = None, cell_inches: float = 1.5,
-              metadata: Mapping[str, str] | None = None) -> Path:
-    """Rows = photos, columns = COLUMNS; saved as PNG."""
+              metadata: Mapping[str, str] | None = None, columns: Sequence[str] = COLUMNS) -> Path:
+    """Rows = photos, `columns` = the keys of each row's panels shown, left to right, titled by the
+    key (default COLUMNS); panels of different sizes fill the same cell. Saved as PNG."""
     rows = max(1, len(panels))
-    fig, axes = plt.subplots(rows, len(COLUMNS), figsize=(cell_inches * len(COLUMNS), cell_inches * rows + 0.4),
+    fig, axes = plt.subplots(rows, len(columns), figsize=(cell_inches * len(columns), cell_inches * rows + 0.4),
                              squeeze=False)
     for r, row in enumerate(panels):
-        for c, column in enumerate(COLUMNS):
+        for c, column in enumerate(columns):
             axes[r][c].imshow(np.clip(row[column], 0.0, 1.0), interpolation="bilinear")
     for r in range(rows):
-        for c, column in enumerate(COLUMNS):
+        for c, column in enumerate(columns):
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])

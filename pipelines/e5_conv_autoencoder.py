@@ -1,0 +1,180 @@
+"""Stage `e5_conv_autoencoder` (paper Fig. 12): the convolutional autoencoder (baselines/
+conv_autoencoder.py: four 3x3 convolutions 64/96/128/256, a fully connected layer to the face model's
+code size, four 4x4 deconvolutions 128/96/64/3) trained on the images the model-based autoencoder was
+trained on (E1: the synthetic training set), against that model-based autoencoder (E1's encoder and the
+analytic decoder) on the synthetic test set.
+
+Both are scored at the conv autoencoder's resolution (e5.image_size; the model-based rendering and the
+input are area-resampled to it) on the same pixels: those in the face region of both the ground truth
+and the model-based estimate (the rendered face is the model-based output; the rest of its image is the
+input). Photometric error (mofa.metrics) and SSIM there; only the model-based one also gives geometry,
+reflectance and light, which the figure shows.
+
+Writes, under results/<preset>/: runs/e5_conv_autoencoder/ (weights, loss per iteration),
+tables/e5_conv_autoencoder.csv + .md, figures/e5_conv_autoencoder.png and metrics/e5_conv_autoencoder.json.
+
+    python -m pipelines.e5_conv_autoencoder --config config/ci.yaml
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mofa.config import results_dir
+from pipelines import _stage, e1_synthetic, synthetic
+
+NAME = "e5_conv_autoencoder"
+PARAMS = ("seed", "face_model", "camera", "light", "synthetic", "training", "e1", "e5")
+NEEDS = ("synthetic", "e1_synthetic")
+SOURCES = ("config/schema.yaml", "mofa", "baselines/__init__.py", "baselines/conv_autoencoder.py",
+           "baselines/learned_decoder.py", "baselines/compare.py", "pipelines/_stage.py", "pipelines/tables.py",
+           "pipelines/synthetic.py", "pipelines/e1_synthetic.py", "pipelines/e5_conv_autoencoder.py")
+CONV_AE, MODEL_BASED = "conv autoencoder", "model-based autoencoder"
+COLUMNS = ("input", CONV_AE, "model-based", "shaded geometry", "reflectance", "light")
+log = logging.getLogger(f"mofa.stage.{NAME}")
+
+
+def run_dir(cfg: Mapping) -> Path:
+    return results_dir(cfg) / "runs" / NAME
+
+
+def outputs(cfg: Mapping) -> dict[str, Path]:
+    root = results_dir(cfg)
+    return {"weights": run_dir(cfg) / "conv_autoencoder.pt", "losses": run_dir(cfg) / "losses.csv",
+            "table": root / "tables" / f"{NAME}.csv", "table_md": root / "tables" / f"{NAME}.md",
+            "figure": root / "figures" / f"{NAME}.png", "metrics": root / "metrics" / f"{NAME}.json"}
+
+
+def scores(outputs_by_method: Mapping[str, np.ndarray], target: np.ndarray, region: np.ndarray) -> dict[str, dict]:
+    """Per-image photometric error (mofa.metrics) and SSIM of each method's output on one region (SSIM's
+    windows see the target outside it).
+
+    outputs_by_method: {method: (B, S, S, 3)}; target: (B, S, S, 3); region: (B, S, S) bool
+    -> {method: {"photometric_error": (B,), "ssim": (B,)}}."""
+    from baselines.compare import paste_region
+    from baselines.learned_decoder import image_fidelity
+    from mofa.metrics import photometric_error
+
+    return {method: {"photometric_error": photometric_error(out, target, region),
+                     "ssim": image_fidelity(paste_region(out, target, region), target, region)["ssim"]}
+            for method, out in outputs_by_method.items()}
+
+
+def summary_rows(per_image: Mapping[str, dict], facts: Mapping[str, dict]) -> pd.DataFrame:
+    """One row per method: mean, median and spread of each score (mofa.metrics.summarise), then the
+    method's facts (training, size)."""
+    from mofa.metrics import summarise
+
+    rows = []
+    for method, values in per_image.items():
+        error, ssim = summarise(values["photometric_error"]), summarise(values["ssim"])
+        rows.append({"method": method, "photometric_error": error["mean"], "photometric_error_median": error["median"],
+                     "photometric_error_std": error["std"], "ssim": ssim["mean"], "images": error["n"],
+                     **facts[method]})
+    return pd.DataFrame(rows)
+
+
+def run(cfg: dict) -> dict:
+    import torch
+
+    from baselines.compare import channels_last, face_masks, images_at, parameter_count, region_at
+    from baselines.conv_autoencoder import ConvAutoencoder, train_conv_autoencoder
+    from mofa.config import select_device
+    from mofa.data.synthetic import SyntheticSet
+    from mofa.errors import MofaError
+    from mofa.facemodel import build_face_model
+    from mofa.figures.qualitative import plot_grid, reconstruction_panels
+    from mofa.training.evaluate import render_estimates
+    from mofa.training.runs import load_encoder, training_decoder
+    from mofa.training.trainer import atomic_csv, atomic_torch_save, predict_codes
+    from pipelines.tables import figure_metadata, write_table
+
+    e5, out, device = cfg["e5"], outputs(cfg), select_device(cfg)
+    size = e5["image_size"]
+    train_set = SyntheticSet(synthetic.data_dir(cfg) / "train")
+    test_set = SyntheticSet(synthetic.data_dir(cfg) / "test")
+    model = build_face_model(cfg)
+    decoder = training_decoder(cfg, model)
+
+    # The conv autoencoder, on the synthetic training images E1 trained on.
+    try:
+        autoencoder = ConvAutoencoder(decoder.layout, image_size=size, seed=cfg["seed"])
+    except ValueError as exc:
+        raise MofaError(f"e5.image_size: {exc}") from None
+    with _stage.timed(f"conv autoencoder: {e5['iterations']} iterations, batch {e5['batch_size']}, {size} px") as timing:
+        losses = train_conv_autoencoder(autoencoder, train_set, e5["iterations"], e5["batch_size"], e5["lr"],
+                                        seed=cfg["seed"], loss=e5["loss"], device=device)
+    run_dir(cfg).mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(autoencoder.state_dict(), out["weights"])
+    atomic_csv(pd.DataFrame({"iteration": np.arange(1, len(losses) + 1), "loss": losses}), out["losses"])
+    log.info("conv autoencoder %s loss: %.4g (first 10 iterations) -> %.4g (last 10)", e5["loss"],
+             np.mean(losses[:10]), np.mean(losses[-10:]))
+
+    # Both autoencoders on the synthetic test images.
+    n = min(e5["eval_images"], len(test_set))
+    batch = test_set.batch(np.arange(n), "cpu")
+    with torch.no_grad(), _stage.timed(f"both autoencoders on {n} test images"):
+        conv_out = torch.cat([autoencoder(images_at(batch["images"][i:i + 32], size).to(device)).cpu()
+                              for i in range(0, n, 32)])
+        weights = e1_synthetic.outputs(cfg)["encoder"]
+        encoder, trained_size = load_encoder(cfg, cfg["e1"]["encoder"], decoder, weights)
+        codes = predict_codes(encoder.to(device), batch["images"].to(device),
+                              trained_size or cfg["training"]["input_size"]).cpu()
+        rendered, estimate_mask = render_estimates(decoder, codes, batch["images"])
+        truth_mask = face_masks(decoder, batch["codes"])
+    region = region_at(truth_mask & torch.from_numpy(estimate_mask), size)
+    face_px = region_at(truth_mask, size).sum((1, 2)).clamp_min(1)
+    model_based = images_at(torch.from_numpy(rendered).permute(0, 3, 1, 2), size)
+    target = channels_last(images_at(batch["images"], size))
+    per_image = scores({CONV_AE: channels_last(conv_out), MODEL_BASED: channels_last(model_based)}, target,
+                       region.numpy())
+
+    e1_curves = pd.read_csv(e1_synthetic.outputs(cfg)["curves"])
+    shared = {"region_px": float(region.sum((1, 2)).float().mean()),
+              "region_share_of_face": float((region.sum((1, 2)) / face_px).mean()), "image_px": size,
+              "code_size": decoder.layout.size}
+    facts = {CONV_AE: {"semantic_outputs": "none", "training_images": len(train_set),
+                       "iterations": e5["iterations"], "batch_size": e5["batch_size"],
+                       "training_seconds": timing["seconds"], "parameters": parameter_count(autoencoder), **shared},
+             MODEL_BASED: {"semantic_outputs": "pose, shape, expression, reflectance, light",
+                           "training_images": len(train_set), "iterations": int(e1_curves["iteration"].iloc[-1]),
+                           "batch_size": cfg["training"]["batch_size"],
+                           "training_seconds": float(e1_curves["seconds"].iloc[-1]),
+                           "parameters": parameter_count(encoder), **shared}}
+    table = summary_rows(per_image, facts)
+    write_table(table, out["table"], out["table_md"], cfg, stage=NAME,
+                title=f"E5 (Fig. 12): conv autoencoder against the model-based autoencoder (E1's "
+                      f"{cfg['e1']['encoder']} + analytic decoder), synthetic test set ({n} images) at {size} px; "
+                      f"photometric error and SSIM over the face pixels of both the ground truth and the "
+                      f"model-based estimate (the paper shows this comparison qualitatively only)")
+
+    rows = min(e5["figure_rows"], n)
+    panels = reconstruction_panels(decoder, codes[:rows], batch["images"][:rows])
+    conv_images = channels_last(conv_out[:rows])
+    grid = [{"input": p["input"], CONV_AE: conv, "model-based": p["overlay"], "shaded geometry": p["shaded geometry"],
+             "reflectance": p["reflectance"], "light": p["light"]} for p, conv in zip(panels, conv_images)]
+    plot_grid(grid, out["figure"], columns=COLUMNS, row_labels=[f"test {i}" for i in range(rows)],
+              metadata=figure_metadata(cfg, NAME),
+              title=f"E5: conv autoencoder ({size} px) and model-based autoencoder ({cfg['preset']} preset)")
+    _stage.wrote(out["figure"])
+
+    metrics = {"eval_images": n, "image_px": size, "region_share_of_face": shared["region_share_of_face"],
+               "conv_autoencoder_loss_first10": float(np.mean(losses[:10])),
+               "conv_autoencoder_loss_last10": float(np.mean(losses[-10:]))}
+    for row in table.itertuples():
+        key = "conv_autoencoder" if row.method == CONV_AE else "model_based"
+        metrics[f"{key}_photometric_error"] = row.photometric_error
+        metrics[f"{key}_ssim"] = row.ssim
+        metrics[f"{key}_training_seconds"] = row.training_seconds
+    metrics["model_based_lower_photometric_error"] = bool(
+        metrics["model_based_photometric_error"] < metrics["conv_autoencoder_photometric_error"])
+    _stage.write_json(out["metrics"], metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    raise SystemExit(_stage.main(NAME, run, __doc__.splitlines()[0]))
