@@ -54,6 +54,15 @@ def summary_table(curves: pd.DataFrame, encoder: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def warmup_note(cfg: Mapping) -> str:
+    """What the title says when E1 is not landmark-free from the first iteration."""
+    f = cfg["e1"]["landmark_warmup"]
+    if not f:
+        return ""
+    return (f"; NOT the paper's landmark-free run: landmark warm-up, the landmark term falls from "
+            f"{cfg['loss']['land']:g} to 0 over the first {round(f * cfg['e1']['iterations'])} iterations")
+
+
 def run(cfg: dict) -> dict:
     from mofa.data.synthetic import SyntheticSet
     from mofa.facemodel import build_face_model
@@ -71,13 +80,16 @@ def run(cfg: dict) -> dict:
     manifests = [json.loads((synthetic.data_dir(cfg) / split / "manifest.json").read_text()) for split in ("train", "test")]
     prepare_run_dir(run_dir(cfg), {"config": config_hash({s: cfg[s] for s in PARAMS}), "data": manifests})
     curves, encoder = run_training(cfg, run_dir(cfg), model, e1["encoder"], train_set, evaluate,
-                                   e1["iterations"], e1["evaluations"], landmarks=False)
+                                   e1["iterations"], e1["evaluations"], landmarks=False,
+                                   landmark_warmup=e1["landmark_warmup"])
     table = summary_table(curves, e1["encoder"])
     write_table(table, out["table"], out["table_md"], cfg,
                 title=f"E1 (Fig. 10): {e1['encoder']} without landmarks, synthetic test set "
-                      f"({min(cfg['training']['eval_images'], len(test_set))} images); {encoder.init_description}", stage=NAME)
+                      f"({min(cfg['training']['eval_images'], len(test_set))} images); {encoder.init_description}"
+                      + warmup_note(cfg), stage=NAME)
     plot_curves(curves, [(m, u) for m, u in METRICS], out["figure"],
-                title=f"E1: {e1['encoder']} on synthetic data ({cfg['preset']} preset)",
+                title=f"E1: {e1['encoder']} on synthetic data ({cfg['preset']} preset"
+                      + (f", landmark warm-up over {e1['landmark_warmup']:.0%} of the run)" if e1["landmark_warmup"] else ")"),
                 paper={m: (t.paper_start, t.paper_end) for m, t in zip([m for m, _ in METRICS], table.itertuples())},
                 metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["figure"])

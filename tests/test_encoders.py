@@ -286,3 +286,28 @@ def test_convert_vgg_face_state_dict():
     # The VGG-Face encoder converts port-named files itself; torchvision-named ones pass through.
     assert list(VGGFaceEncoder.adapt_state_dict(fake)) == list(converted)
     assert VGGFaceEncoder.adapt_state_dict(converted) is converted
+
+
+def test_kaiming_random_init_keeps_feature_scale_and_the_zero_head(alexnet):
+    """He init: every backbone layer's weight std is sqrt(2 / fan_in) (within sampling error), biases 0,
+    the head still zero (the zero code), and the fc7 features keep a scale near 1 where PyTorch's
+    default init shrinks them by orders of magnitude."""
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    he = build_encoder("alexnet", LAYOUT, seed=0, random_init="kaiming").eval()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    for name in ("features.0", "features.8", "classifier.4"):
+        layer = he.get_submodule(name)
+        fan_in = layer.weight[0].numel()
+        assert layer.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05), name
+        assert not layer.bias.any()
+    x = images(4, 112)
+    with torch.no_grad():
+        assert not he(x).any()
+        f_he = he.embed(he.normalise(x)).abs().mean().item()
+        f_default = alexnet.embed(alexnet.normalise(x)).abs().mean().item()
+    assert f_he > 0.1 and f_he > 20 * f_default
+    assert "He/Kaiming" in he.init_description
+    assert torch.equal(he.features[0].weight, build_encoder("alexnet", LAYOUT, seed=0, random_init="kaiming").features[0].weight)
+    with pytest.raises(MofaError, match="random_init"):
+        build_encoder("alexnet", LAYOUT, random_init="xavier")

@@ -14,7 +14,7 @@ from mofa.encoders import build_encoder
 from mofa.errors import MofaError
 from mofa.losses import LossWeights, mofa_loss
 from mofa.training.evaluate import synthetic_evaluator
-from mofa.training.trainer import CHECKPOINT, FINAL, METRICS, TrainSettings, encoder_input, train
+from mofa.training.trainer import CHECKPOINT, FINAL, METRICS, TrainSettings, encoder_input, landmark_weight, train
 
 CAMERA = PinholeCamera()
 
@@ -114,3 +114,14 @@ def test_zero_code_evaluation_is_the_mean_face(setup):
     expected = geometric_error(mean_face.detach().numpy(), test_set.batch(np.arange(4))["vertices"].numpy())
     assert result["geometric_error_mean"] == pytest.approx(float(expected.mean()), rel=1e-5)
     assert 0 < result["photometric_error_mean"] < 1 and result["landmark_error_mean"] > 0
+
+
+def test_landmark_weight_schedules():
+    constant = TrainSettings(iterations=10)
+    decay = TrainSettings(iterations=11, land_decay_to=0.0)
+    warmup = TrainSettings(iterations=10, land_until=0.5)
+    assert [landmark_weight(constant, 2.0, it) for it in (1, 10)] == [2.0, 2.0]
+    assert [landmark_weight(decay, 2.0, it) for it in (1, 6, 11)] == pytest.approx([2.0, 1.0, 0.0])
+    # Falls linearly from 2 at iteration 1 to 0 at iteration 6 (half of 10), then stays 0.
+    assert [landmark_weight(warmup, 2.0, it) for it in (1, 2, 6, 7, 10)] == pytest.approx([2.0, 1.6, 0.0, 0.0, 0.0])
+    assert landmark_weight(warmup, 0.0, 1) == 0.0  # a run without landmarks stays without

@@ -35,21 +35,45 @@ def register_encoder(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
     return register
 
 
+RANDOM_INITS = ("pytorch", "kaiming")
+
+
+def kaiming_init_(encoder: Encoder) -> Encoder:
+    """Re-draw every convolution and linear layer of the backbone (not the code head) from He et al.'s
+    normal init for ReLU networks (fan-in), biases 0, from the global RNG. PyTorch's default init
+    (what torchvision's AlexNet uses) shrinks activations layer by layer: on synthetic faces AlexNet's
+    fc7 features average |f| = 0.005 with it and 1.2 with this one, and the code head (whose AdaDelta
+    steps have a fixed size per weight) moves the code in proportion to them."""
+    head = encoder.head_prefix + "."
+    for name, module in encoder.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and not (name + ".").startswith(head):
+            torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    return encoder
+
+
 def build_encoder(name: str, code_layout: CodeLayout, weights_path: str | Path | None = None,
-                  rotation_bound_rad: float | None = None, seed: int = 0) -> Encoder:
+                  rotation_bound_rad: float | None = None, seed: int = 0, random_init: str = "pytorch") -> Encoder:
     """The encoder `name` with a zero-initialised code head of `code_layout.size` outputs.
 
-    Backbone: seeded random init (the global RNG is left untouched), or, with `weights_path`, a
+    Backbone: seeded random init (the global RNG is left untouched; `random_init` "pytorch" = each
+    layer's default, as torchvision; "kaiming" = `kaiming_init_`), or, with `weights_path`, a
     pre-trained state dict (its last layer is dropped: the code head replaces it)."""
     if name not in ENCODERS:
         raise MofaError(f"unknown encoder {name!r}: choose one of {', '.join(sorted(ENCODERS))}")
+    if random_init not in RANDOM_INITS:
+        raise MofaError(f"unknown random_init {random_init!r} for encoder {name!r}: choose one of {', '.join(RANDOM_INITS)}")
     if weights_path is not None:
         _check_weights_file(Path(weights_path))  # fail before building a large network
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = ENCODERS[name](code_layout, rotation_bound_rad=rotation_bound_rad)
+        if random_init == "kaiming" and weights_path is None:
+            kaiming_init_(encoder)
     encoder.pretrained = False
-    encoder.init_description = f"random init (seed {seed}), no pre-trained weights"
+    encoder.init_description = (f"random init (seed {seed}{', He/Kaiming normal' if random_init == 'kaiming' else ''}), "
+                                f"no pre-trained weights")
     if weights_path is not None:
         load_backbone_weights(encoder, weights_path)
     return encoder
@@ -112,6 +136,6 @@ def load_backbone_weights(encoder: Encoder, path: str | Path) -> None:
                                 f"zero-initialised code regressor")
 
 
-__all__ = ["ENCODERS", "IMAGENET_MEAN", "IMAGENET_STD", "AlexNetEncoder", "CodeHead", "Encoder",
+__all__ = ["ENCODERS", "RANDOM_INITS", "kaiming_init_", "IMAGENET_MEAN", "IMAGENET_STD", "AlexNetEncoder", "CodeHead", "Encoder",
            "VGGFaceEncoder", "build_encoder", "convert_vgg_face_state_dict", "load_backbone_weights",
            "register_encoder"]

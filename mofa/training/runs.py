@@ -32,17 +32,18 @@ def make_encoder(cfg: Mapping, name: str, decoder: Decoder, seed: int | None = N
     bound = tr["rotation_bound_deg"]
     return build_encoder(name, decoder.layout, weights_path=cfg["encoders"][name]["weights_path"],
                          rotation_bound_rad=None if bound is None else math.radians(bound),
-                         seed=cfg["seed"] if seed is None else seed)
+                         seed=cfg["seed"] if seed is None else seed, random_init=cfg["encoders"][name]["random_init"])
 
 
-def settings_for(cfg: Mapping, iterations: int, n_evals: int, progress: bool = True) -> TrainSettings:
+def settings_for(cfg: Mapping, iterations: int, n_evals: int, progress: bool = True,
+                 land_until: float | None = None) -> TrainSettings:
     """TrainSettings with `n_evals` evenly spaced evaluations (plus iteration 0)."""
     tr = cfg["training"]
     step = max(1, iterations // max(1, n_evals))
     return TrainSettings(iterations=iterations, batch_size=tr["batch_size"], lr=tr["lr"], lr_z=tr["lr_z"],
                          rho=tr["rho"], eps=tr["eps"], eval_at=tuple(range(step, iterations + 1, step)),
                          checkpoint_every=tr["checkpoint_every"], input_size=tr["input_size"],
-                         seed=cfg["seed"], land_decay_to=tr["land_decay_to"], blur_sigma_px=tr["blur_sigma_px"],
+                         seed=cfg["seed"], land_decay_to=tr["land_decay_to"], land_until=land_until, blur_sigma_px=tr["blur_sigma_px"],
                          blur_until=tr["blur_until"], progress=progress)
 
 
@@ -54,11 +55,13 @@ def loss_weights(cfg: Mapping, landmarks: bool) -> LossWeights:
 
 def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: str, data, evaluate_factory,
                  iterations: int, n_evals: int, landmarks: bool = False,
-                 init_from: Path | None = None) -> tuple[pd.DataFrame, torch.nn.Module]:
+                 init_from: Path | None = None, landmark_warmup: float = 0.0) -> tuple[pd.DataFrame, torch.nn.Module]:
     """Train one encoder and return (metrics table, trained encoder).
 
     evaluate_factory(decoder, device) -> (encoder -> dict of metrics); init_from: encoder weights to
-    start from (e.g. a synthetic run) instead of the config's backbone weights.
+    start from (e.g. a synthetic run) instead of the config's backbone weights; landmark_warmup: for a
+    run without landmarks, a fraction f > 0 turns the landmark term on at its configured weight and
+    lets it fall linearly to 0 at f * iterations (photometric only after that).
     """
     device = select_device(cfg)
     decoder = training_decoder(cfg, model).to(device)
@@ -67,8 +70,9 @@ def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: st
         encoder.load_state_dict(torch.load(init_from, map_location="cpu", weights_only=True))
         encoder.init_description = f"started from the weights {init_from}"
     write_encoder_card(run_dir, cfg, encoder_name, decoder, encoder)
-    table = train(run_dir, encoder, decoder, data, settings_for(cfg, iterations, n_evals),
-                  loss_weights(cfg, landmarks), evaluate_factory(decoder, device), device)
+    warmup = landmark_warmup if not landmarks and landmark_warmup > 0 else None
+    table = train(run_dir, encoder, decoder, data, settings_for(cfg, iterations, n_evals, land_until=warmup),
+                  loss_weights(cfg, landmarks or warmup is not None), evaluate_factory(decoder, device), device)
     return table, encoder
 
 

@@ -40,7 +40,9 @@ class TrainSettings:
     """One training run. iterations: optimiser steps; eval_at: iterations at which to evaluate
     (0 and the last are always included); input_size: side the images are resized to for the
     encoder (the loss always sees the full crop); land_decay_to: landmark weight at the last
-    iteration (linear decay from the loss weight's value; None keeps it constant)."""
+    iteration (linear decay from the loss weight's value; None keeps it constant); land_until: with
+    a value f in (0, 1], the landmark weight instead falls linearly from its value to 0 at iteration
+    f * iterations and stays 0 after (a warm-up for otherwise landmark-free runs)."""
     iterations: int
     batch_size: int = 5
     lr: float = 0.1
@@ -52,6 +54,7 @@ class TrainSettings:
     input_size: int = 240
     seed: int = 0
     land_decay_to: float | None = None
+    land_until: float | None = None
     blur_sigma_px: float = 0.0
     blur_until: float = 0.5
     progress: bool = True
@@ -111,6 +114,19 @@ def load_checkpoint(path: Path) -> dict:
         raise MofaError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc}); delete it to start over") from None
 
 
+def landmark_weight(settings: TrainSettings, base: float, it: int) -> float:
+    """The landmark weight at iteration `it` (1-based) of a run whose loss weight is `base`: constant,
+    a linear decay to settings.land_decay_to at the last iteration, or a warm-up falling linearly to 0
+    at settings.land_until * iterations."""
+    if base <= 0:
+        return base
+    if settings.land_until is not None:
+        return base * max(0.0, 1.0 - (it - 1) / (settings.land_until * settings.iterations))
+    if settings.land_decay_to is not None:
+        return base + (it - 1) / max(1, settings.iterations - 1) * (settings.land_decay_to - base)
+    return base
+
+
 def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Module, data: TrainingData,
           settings: TrainSettings, weights: LossWeights, evaluate: Callable[[torch.nn.Module], dict] | None = None,
           device: torch.device | str = "cpu", resume: bool = True) -> pd.DataFrame:
@@ -160,10 +176,7 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
         rng = np.random.default_rng([settings.seed, it])
         torch.manual_seed(settings.seed * 1_000_003 + it)
         batch = data.batch(rng.choice(n, settings.batch_size, replace=False), device)
-        w = weights
-        if settings.land_decay_to is not None and base_land > 0:
-            frac = (it - 1) / max(1, settings.iterations - 1)
-            w = dataclasses.replace(weights, land=base_land + frac * (settings.land_decay_to - base_land))
+        w = dataclasses.replace(weights, land=landmark_weight(settings, base_land, it))
         code = encoder(encoder_input(batch["images"], settings.input_size))
         use_landmarks = w.land > 0 and "landmarks" in batch
         sigma = settings.blur_sigma_px * max(0.0, 1.0 - (it - 1) / max(1.0, settings.blur_until * settings.iterations))
@@ -190,7 +203,9 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
             tick = time.perf_counter()
     bar.close()
     atomic_torch_save(encoder.state_dict(), run_dir / FINAL)
-    return pd.DataFrame(rows)
+    # The curves as on disk (6 digits): a resumed run reads its earlier rows from there, so this way an
+    # uninterrupted run returns, and plots, exactly the same numbers.
+    return pd.read_csv(run_dir / METRICS) if rows else pd.DataFrame(rows)
 
 
 def _settings_key(settings: TrainSettings) -> dict:
