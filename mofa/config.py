@@ -190,6 +190,20 @@ def results_dir(cfg: Mapping) -> Path:
     return Path(cfg["results_dir"]) / cfg["preset"]
 
 
+def writable_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` if needed and check that a file can be written there (before any work, so that a
+    run that cannot write its outputs stops at once); a MofaError naming it otherwise."""
+    import tempfile
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test").close()
+    except OSError as exc:
+        raise MofaError(f"{folder}: cannot write there ({exc.strerror})") from None
+    return folder
+
+
 def config_hash(cfg: Mapping) -> str:
     """12 hex digits identifying a config (or a section of one), independent of key order."""
     text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ class Reconstructor:
             raise MofaError(f"{checkpoint}: checkpoint not found (run `make reproduce` or pass --checkpoint)")
         if not card_path.is_file():
             raise MofaError(f"{card_path}: missing; it says which encoder and face model the weights belong to")
-        card = json.loads(card_path.read_text())
+        card = read_encoder_card(card_path)
         cfg = load_config(card["preset"], {"face_model": card["face_model"], "camera": card["camera"],
                                            "light": card["light"]})
         model = build_face_model(cfg)
@@ -69,9 +70,28 @@ class Reconstructor:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
             encoder.load_state_dict(state.get("encoder", state))  # a trainer checkpoint or bare weights
         except Exception as exc:
-            raise MofaError(f"{checkpoint}: not weights of a {card['encoder']} encoder ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0]})") from None
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+            detail = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
+                          lines[0])
+            raise MofaError(f"{checkpoint}: not weights of a {card['encoder']} encoder for this face model's code "
+                            f"({type(exc).__name__}: {detail[:300]})") from None
         return cls(encoder.eval(), decoder, mesh_decoder, int(card["input_size"]), checkpoint)
+
+
+CARD_KEYS = ("encoder", "code_layout", "input_size", "rotation_bound_deg", "face_model", "camera", "light", "preset")
+
+
+def read_encoder_card(path: Path) -> dict:
+    """The encoder.json beside a checkpoint; a MofaError naming it when it is not JSON or lacks a key."""
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MofaError(f"{path}: not a readable encoder card ({exc})") from None
+    missing = [key for key in CARD_KEYS if not isinstance(card, dict) or key not in card]
+    if missing:
+        raise MofaError(f"{path}: encoder card without {', '.join(missing)}; write it with the trainer "
+                        "(mofa.training.runs.write_encoder_card)")
+    return card
 
 
 def default_checkpoint(results_root: str | Path = "results/default") -> Path:
@@ -86,13 +106,14 @@ def default_checkpoint(results_root: str | Path = "results/default") -> Path:
 
 def read_photo(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB from any image OpenCV reads (grey, RGBA and 16-bit converted)."""
-    from mofa.realdata.images import UnreadableImage, to_rgb8
+    from mofa.realdata.images import UnreadableImage, check_complete, to_rgb8
     if not path.is_file():
         raise MofaError(f"{path}: no such file")
     pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.size == 0:
         raise MofaError(f"{path}: not a readable image (corrupt, truncated or not an image format)")
     try:
+        check_complete(path)
         return to_rgb8(pixels)
     except UnreadableImage as exc:
         raise MofaError(f"{path}: {exc}") from None
@@ -187,20 +208,15 @@ def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path
 def reconstruct(photos: list[str | Path], out_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[int, int]:
     """Reconstruct several photos; problems with one photo are reported and the others go on.
     Returns (faces written, photos that failed)."""
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test")
-        probe.close()
-    except OSError as exc:
-        raise MofaError(f"{out_dir}: cannot write there ({exc.strerror})") from None
+    from mofa.config import writable_folder
+    out_dir = writable_folder(out_dir)
     rec = Reconstructor.from_checkpoint(checkpoint or default_checkpoint())
     faces = failed = 0
     for photo in photos:
         try:
             files = reconstruct_photo(rec, photo, out_dir)
         except MofaError as exc:
-            print(f"mofa reconstruct: {exc}", flush=True)
+            print(f"mofa reconstruct: {exc}", file=sys.stderr, flush=True)
             failed += 1
             continue
         n = sum(1 for f in files if f.suffix == ".json")

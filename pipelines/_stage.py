@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from mofa.config import config_hash, load_config, results_dir
+from mofa.config import config_hash, load_config, results_dir, writable_folder
 from mofa.errors import MofaError
 
 log = logging.getLogger("mofa.stage")
@@ -123,6 +123,7 @@ def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: lis
         cfg = load_config(args.config, parse_overrides(args.overrides))
         log.info("stage %s: config %s (preset %s, hash %s)", stage, " + ".join(args.config), cfg["preset"],
                  config_hash(cfg))
+        writable_folder(results_dir(cfg))
         with timed(f"stage {stage}"):
             run(cfg)
     except MofaError as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mofa.config import config_hash, results_dir
+from mofa.config import results_dir
 from pipelines import _stage
 
 NAME = "report"
@@ -124,10 +124,10 @@ def run_metadata(cfg: Mapping) -> dict[str, str]:
     """What the report's numbers came from: one line each."""
     from mofa.bench import device_name
     from mofa.config import select_device
-    from pipelines.tables import data_hashes, git_commit
+    from pipelines.tables import data_hashes, git_commit, result_config_hash
 
     data = data_hashes(cfg, NAME)
-    return {"preset": cfg["preset"], "git commit": git_commit(), "config hash": config_hash(cfg),
+    return {"preset": cfg["preset"], "git commit": git_commit(), "config hash": result_config_hash(cfg),
             **{f"data manifest {name}": digest for name, digest in data.items()},
             "device": device_name(select_device(cfg)), "platform": platform.platform(),
             **{f"version {name}": version for name, version in package_versions().items()}}

@@ -22,6 +22,9 @@ from pipelines._stage import wrote
 VOLATILE_KEYS = frozenset({"seconds", "images_per_second"})
 HASH_CHARS = 12
 PNG_KEY = "Provenance"  # the PNG text chunk of every figure that holds provenance()
+# Where results go is not what they are: left out of the provenance's config hash, so that the same
+# preset run into two folders stamps its tables alike.
+LOCATION_KEYS = frozenset({"results_dir"})
 
 
 def git_commit() -> str:
@@ -77,10 +80,15 @@ def data_hashes(cfg: Mapping, stage: str) -> dict[str, str]:
     return {name: manifest_hash(path) for name, path in data_manifests(cfg, stage).items()}
 
 
+def result_config_hash(cfg: Mapping) -> str:
+    """The config hash that results are stamped with: the config without LOCATION_KEYS."""
+    return config_hash({key: value for key, value in cfg.items() if key not in LOCATION_KEYS})
+
+
 def provenance(cfg: Mapping, stage: str) -> str:
     """Where a result of `stage` came from, in one line (no timestamp: the same inputs give the same line)."""
     data = " ".join(f"{name}={digest}" for name, digest in data_hashes(cfg, stage).items()) or "none"
-    return f"preset {cfg['preset']}, config {config_hash(cfg)}, commit {git_commit()}, data {data}"
+    return f"preset {cfg['preset']}, config {result_config_hash(cfg)}, commit {git_commit()}, data {data}"
 
 
 def figure_metadata(cfg: Mapping, stage: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mofa.config import config_hash, load_config  # noqa: E402
+from mofa.config import load_config  # noqa: E402
 from mofa.errors import MofaError  # noqa: E402
 from mofa.figures.curves import save_figure  # noqa: E402
 from pipelines import real_data, synthetic, tables  # noqa: E402
@@ -44,7 +44,7 @@ def test_tables_name_the_data_their_stage_read(cfg, tmp_path):
     first = csv.read_text().splitlines()[0]
     hashes = tables.data_hashes(cfg, "e1_synthetic")
     assert sorted(hashes) == ["synthetic/test", "synthetic/train"] and all(len(h) == 12 for h in hashes.values())
-    assert first == f"# E1 test; preset ci, config {config_hash(cfg)}, commit {tables.git_commit()}, " \
+    assert first == f"# E1 test; preset ci, config {tables.result_config_hash(cfg)}, commit {tables.git_commit()}, " \
                     f"data synthetic/train={hashes['synthetic/train']} synthetic/test={hashes['synthetic/test']}"
     assert md.read_text().rstrip().endswith(first.split("; ", 1)[1] + "_")
     assert "data none" in tables.provenance(cfg, "e7_speed")  # reads the face model only
@@ -71,3 +71,9 @@ def test_figures_carry_the_same_stamp_in_png_metadata(cfg, tmp_path):
     stamp = Image.open(out).text[tables.PNG_KEY]
     assert stamp == tables.provenance(cfg, "e2_e3_real")
     assert "real/aflw2000=" in stamp and "synthetic/test=" in stamp
+
+
+def test_the_config_hash_of_results_ignores_where_they_go(cfg):
+    elsewhere = dict(cfg, results_dir="/somewhere/else")
+    assert tables.result_config_hash(elsewhere) == tables.result_config_hash(cfg)
+    assert tables.result_config_hash(dict(cfg, seed=cfg["seed"] + 1)) != tables.result_config_hash(cfg)

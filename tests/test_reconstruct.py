@@ -80,7 +80,7 @@ def test_bad_photos_get_one_line_and_no_outputs(checkpoint, face_photo, tmp_path
         photo.write_bytes(data[: len(data) // 3])
     out = tmp_path / "out"
     assert main(["reconstruct", str(photo), "--out", str(out), "--checkpoint", str(checkpoint)]) == 1
-    lines = [line for line in capsys.readouterr().out.splitlines() if message in line]
+    lines = [line for line in capsys.readouterr().err.splitlines() if message in line]
     assert len(lines) == 1 and str(photo) in lines[0]
     assert list(out.iterdir()) == []
 

@@ -48,24 +48,36 @@ def _mask(n: int, *ranges: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def read_obj_vertices(path: Path) -> np.ndarray:
-    """(N, 3) float64 positions from the `v` lines of an OBJ file."""
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
         raise MofaError(f"{path}: cannot read ({exc.strerror})") from None
-    values = re.findall(r"^v\s+(\S+)\s+(\S+)\s+(\S+)", text, flags=re.MULTILINE)
+    except UnicodeDecodeError:
+        raise MofaError(f"{path}: not a text OBJ mesh (binary content)") from None
+
+
+def read_obj_vertices(path: Path) -> np.ndarray:
+    """(N, 3) float64 positions from the `v` lines of an OBJ file."""
+    text = _read_text(path)
+    values = re.findall(r"^v[ \t]+(\S+)[ \t]+(\S+)[ \t]+(\S+)", text, flags=re.MULTILINE)
     if not values:
         raise MofaError(f"{path}: no vertex ('v x y z') lines; not an OBJ mesh")
-    return np.asarray(values, dtype=np.float64)
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except ValueError as exc:
+        raise MofaError(f"{path}: a vertex line holds a non-number ({exc}); not an OBJ mesh") from None
 
 
 def read_obj_triangles(path: Path) -> np.ndarray:
     """(T, 3) int64 zero-based triangles from the `f` lines; polygons are fanned (quad -> 2 triangles)."""
     tris = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         if line.startswith("f "):
-            idx = [int(tok.split("/")[0]) - 1 for tok in line.split()[1:]]
+            try:
+                idx = [int(tok.split("/")[0]) - 1 for tok in line.split()[1:]]
+            except ValueError:
+                raise MofaError(f"{path}: line {number}: a face index is not a number ({line[:40]!r})") from None
             tris.extend((idx[0], idx[k], idx[k + 1]) for k in range(1, len(idx) - 1))
     if not tris:
         raise MofaError(f"{path}: no face ('f ...') lines; the neutral mesh must carry the topology")

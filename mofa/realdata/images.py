@@ -16,6 +16,20 @@ class UnreadableImage(Exception):
     """The file is missing, or neither OpenCV's image nor its video decoder can read it."""
 
 
+def check_complete(path: str | Path) -> None:
+    """UnreadableImage when Pillow knows the file's format but cannot decode all of it: OpenCV decodes a
+    truncated JPEG without an error (the missing rows come out grey). Formats Pillow does not know pass."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except UnidentifiedImageError:
+        return
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImage(f"not a readable image (truncated or corrupt: {exc})") from None
+
+
 def to_rgb8(pixels: np.ndarray) -> np.ndarray:
     """An array as OpenCV decodes it -- (H, W) grey, (H, W, 1), (H, W, 3) BGR or (H, W, 4) BGRA; uint8,
     uint16 or float -- -> (H, W, 3) uint8 RGB."""
