@@ -29,7 +29,8 @@ PARAMS = ("preset",)
 # The experiment stages whose tables and figures the report collects. Adding a stage's name here is all the
 # report needs: it finds their tables and figures by globbing tables/*.csv and figures/*.png (in this
 # order, then by name). dvc.yaml's report stage lists that stage's outputs among its deps (tests check).
-NEEDS = ("face_model", "e1_synthetic", "e7_speed", "e2_e3_real", "e8_qualitative", "e4_baselines")
+NEEDS = ("face_model", "e1_synthetic", "e7_speed", "e2_e3_real", "e8_qualitative", "e4_baselines",
+         "e5_conv_autoencoder", "e6_learned_decoder")
 SOURCES = ("config/schema.yaml", "mofa", "pipelines")
 # Distribution names whose versions the report lists, by what they are called in it.
 PACKAGES = {"torch": ("torch",), "numpy": ("numpy",), "open3d": ("open3d", "open3d-cpu"),
