@@ -100,6 +100,21 @@ def write_json(path: Path, data: Mapping) -> Path:
     return wrote(path)
 
 
+def save_trained_network(network, losses, weights: Path, curve: Path, what: str, loss_name: str) -> None:
+    """A trained baseline network's state dict and its per-iteration loss curve (iteration, loss),
+    both written atomically, and the first and last ten iterations' mean loss in the log."""
+    import numpy as np
+    import pandas as pd
+
+    from mofa.training.trainer import atomic_csv, atomic_torch_save
+
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(network.state_dict(), weights)
+    atomic_csv(pd.DataFrame({"iteration": np.arange(1, len(losses) + 1), "loss": losses}), curve)
+    log.info("%s %s loss: %.4g (first 10 iterations) -> %.4g (last 10)", what, loss_name,
+             np.mean(losses[:10]), np.mean(losses[-10:]))
+
+
 def publish(source: Path, target: Path) -> Path:
     """Make `target` a hard link to `source` (a copy across file systems): a stable path for a file
     in a cache keyed by options, without a second copy on disk."""

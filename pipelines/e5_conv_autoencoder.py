@@ -90,7 +90,7 @@ def run(cfg: dict) -> dict:
     from mofa.figures.qualitative import plot_grid, reconstruction_panels
     from mofa.training.evaluate import render_estimates
     from mofa.training.runs import load_encoder, training_decoder
-    from mofa.training.trainer import atomic_csv, atomic_torch_save, predict_codes
+    from mofa.training.trainer import predict_codes
     from pipelines.tables import figure_metadata, write_table
 
     e5, out, device = cfg["e5"], outputs(cfg), select_device(cfg)
@@ -108,11 +108,7 @@ def run(cfg: dict) -> dict:
     with _stage.timed(f"conv autoencoder: {e5['iterations']} iterations, batch {e5['batch_size']}, {size} px") as timing:
         losses = train_conv_autoencoder(autoencoder, train_set, e5["iterations"], e5["batch_size"], e5["lr"],
                                         seed=cfg["seed"], loss=e5["loss"], device=device)
-    run_dir(cfg).mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(autoencoder.state_dict(), out["weights"])
-    atomic_csv(pd.DataFrame({"iteration": np.arange(1, len(losses) + 1), "loss": losses}), out["losses"])
-    log.info("conv autoencoder %s loss: %.4g (first 10 iterations) -> %.4g (last 10)", e5["loss"],
-             np.mean(losses[:10]), np.mean(losses[-10:]))
+    _stage.save_trained_network(autoencoder, losses, out["weights"], out["losses"], "conv autoencoder", e5["loss"])
 
     # Both autoencoders on the synthetic test images.
     n = min(e5["eval_images"], len(test_set))

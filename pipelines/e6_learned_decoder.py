@@ -78,7 +78,6 @@ def run(cfg: dict) -> dict:
     from mofa.figures.qualitative import BACKGROUND, plot_grid
     from mofa.training.evaluate import render_estimates
     from mofa.training.runs import training_decoder
-    from mofa.training.trainer import atomic_csv, atomic_torch_save
     from pipelines.tables import figure_metadata, write_table
 
     e6, out, device = cfg["e6"], outputs(cfg), select_device(cfg)
@@ -102,11 +101,8 @@ def run(cfg: dict) -> dict:
     with _stage.timed(f"learned decoder: {e6['iterations']} iterations, batch {e6['batch_size']}, {size} px") as timing:
         losses = train_learned_decoder(learned, source, e6["iterations"], e6["batch_size"], e6["lr"],
                                        seed=cfg["seed"], loss=e6["loss"], device=device)
-    run_dir(cfg).mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(learned.state_dict(), out["weights"])
-    atomic_csv(pd.DataFrame({"iteration": np.arange(1, len(losses) + 1), "loss": losses}), out["losses"])
-    log.info("learned decoder %s loss over the face: %.4g (first 10 iterations) -> %.4g (last 10)", e6["loss"],
-             np.mean(losses[:10]), np.mean(losses[-10:]))
+    _stage.save_trained_network(learned, losses, out["weights"], out["losses"], "learned decoder",
+                                f"{e6['loss']} over the face")
 
     # Both decoders on the held-out codes.
     n = min(e6["eval_images"], len(test_set))
