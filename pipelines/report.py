@@ -180,7 +180,8 @@ def render_markdown(cfg: Mapping, main: pd.DataFrame | None, tables: list, figur
 
 
 CSS = """body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}
-table{border-collapse:collapse;font-size:13px;margin-bottom:.5em}td,th{border:1px solid #ccc;padding:2px 6px}
+table{border-collapse:collapse;font-size:13px;margin-bottom:.5em;display:block;overflow-x:auto;max-width:100%}
+td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}
 th{background:#eee}.prov{color:#666;font-size:12px}img{max-width:100%;border:1px solid #ddd}"""
 
 
