@@ -83,6 +83,32 @@ def small_face_model() -> FaceModel:
 
 # -- the real ICT-FaceKit copy ------------------------------------------------------------------
 
+def shared_data_dir(var: str, probe: str):
+    """The folder an environment variable names, holding at least one `probe` file (a glob); a test
+    that needs it fails with a clear message (never skips) without it. .ci/run sets them."""
+    import os
+    from pathlib import Path
+    value = os.environ.get(var)
+    if not value:
+        pytest.fail(f"{var} is not set: point it at the real-faces copy (here: ../shared/real-faces/), see .ci/run")
+    path = Path(value)
+    if not any(path.glob(probe)):
+        pytest.fail(f"{var}={value} holds no {probe}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def aflw_dir():
+    """MOFA_AFLW2000_DIR: AFLW2000-3D images (jpg + mat)."""
+    return shared_data_dir("MOFA_AFLW2000_DIR", "image*.mat")
+
+
+@pytest.fixture(scope="session")
+def ibug_dir():
+    """MOFA_IBUG68_DIR: 300-W style photos with .pts landmarks."""
+    return shared_data_dir("MOFA_IBUG68_DIR", "*.pts")
+
+
 @pytest.fixture(scope="session")
 def ict_dir():
     """The ICT-FaceKit folder named by MOFA_ICT_DIR; a test that needs it fails (never skips) without it."""

@@ -6,7 +6,6 @@ never skips, without them)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -24,16 +23,6 @@ from mofa.training.mixed import MixedSource
 from mofa.training.runs import RUN_KEY, prepare_run_dir
 
 AFLW_IMAGES = ("image00002", "image00014", "image00046")  # near-frontal: Haar finds all three
-
-
-def _env_dir(var: str, probe: str) -> Path:
-    value = os.environ.get(var)
-    if not value:
-        pytest.fail(f"{var} is not set: point it at the real-faces copy (here: ../shared/real-faces/), see .ci/run")
-    path = Path(value)
-    if not any(path.glob(probe)):
-        pytest.fail(f"{var}={value} holds no {probe}")
-    return path
 
 
 # -- the mixed training source ------------------------------------------------------------------------
@@ -204,13 +193,12 @@ def test_chain_nme_table_per_yaw_bin(constructed):
 
 # -- mofa evaluate aflw2000 on real photos -----------------------------------------------------------------
 
-def test_mofa_evaluate_aflw2000_on_three_real_images(tmp_path, capsys, monkeypatch):
+def test_mofa_evaluate_aflw2000_on_three_real_images(tmp_path, capsys, monkeypatch, aflw_dir):
     from mofa import cli
     from mofa.encoders import build_encoder
     from mofa.facemodel import build_face_model
     from mofa.training.runs import training_decoder
 
-    aflw_dir = _env_dir("MOFA_AFLW2000_DIR", "image*.mat")
     root = tmp_path / "aflw"
     root.mkdir()
     for stem in AFLW_IMAGES:
@@ -256,7 +244,7 @@ def test_real_data_stage_names_the_environment_variable(monkeypatch):
 
 # -- the stages on tiny inputs -----------------------------------------------------------------------------
 
-def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch):
+def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch, aflw_dir, ibug_dir):
     """real_data -> e2_e3_real -> e8_qualitative -> e4_baselines with the ci preset cut down: 14 AFLW2000
     images (8 training, 2 eval), AlexNet only, 2 iterations per variant, started from stand-in E1 weights;
     E4 fits one image of each set with 2 Gauss-Newton steps."""
@@ -265,8 +253,6 @@ def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch):
     from mofa.training.runs import training_decoder
     from pipelines import e1_synthetic, e2_e3_real, e4_baselines, e8_qualitative, real_data, synthetic
 
-    _env_dir("MOFA_AFLW2000_DIR", "image*.mat")
-    _env_dir("MOFA_IBUG68_DIR", "*.pts")
     monkeypatch.chdir(REPO_ROOT)
     cfg = load_config("ci", {"results_dir": str(tmp_path / "results"), "synthetic.n_train": 4, "synthetic.n_test": 1,
                              "real_data.max_images": 14, "e3.encoders": ["alexnet"], "e3.evaluations": 1,
@@ -330,7 +316,6 @@ def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch):
 
 
 def test_run_folder_starts_over_when_what_made_it_changed(tmp_path):
-    from pipelines import e2_e3_real
     folder = tmp_path / "run"
     folder.mkdir()
     for name in ("checkpoint.pt", "metrics.csv", "encoder.pt", "encoder.json"):

@@ -5,7 +5,6 @@ MOFA_IBUG68_DIR; a test that needs them fails, never skips, without them)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -31,26 +30,6 @@ photos below. Measured: 3.2 % on the 15 ibug68 photos Haar finds, 3.3 % on held-
 # Near-frontal AFLW2000-3D images and 300-W photos on which the Haar cascade finds the annotated face.
 AFLW_IMAGES = ("image00002", "image00014", "image00046")
 IBUG_IMAGES = ("helen_2086996835_5", "lfpw_image_0002", "takeo")
-
-
-def _env_dir(var: str, probe: str) -> Path:
-    value = os.environ.get(var)
-    if not value:
-        pytest.fail(f"{var} is not set: point it at the real-faces copy (here: ../shared/real-faces/), see .ci/run")
-    path = Path(value)
-    if not any(path.glob(probe)):
-        pytest.fail(f"{var}={value} holds no {probe}")
-    return path
-
-
-@pytest.fixture(scope="module")
-def aflw_dir() -> Path:
-    return _env_dir("MOFA_AFLW2000_DIR", "image*.mat")
-
-
-@pytest.fixture(scope="module")
-def ibug_dir() -> Path:
-    return _env_dir("MOFA_IBUG68_DIR", "*.pts")
 
 
 @pytest.fixture(scope="module")
