@@ -14,6 +14,11 @@ import pandas as pd  # noqa: E402
 from mofa.figures.curves import save_figure  # noqa: E402
 
 
+def _label(value: float) -> str:
+    """3 significant digits, without an exponent for large values (9,680 rather than 9.68e+03)."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
 def plot_variant_bars(table: pd.DataFrame, panels: list[tuple[str, str | None, str]], out_path: str | Path,
                       title: str, label: str = "variant", metadata: Mapping[str, str] | None = None,
                       log_panels: tuple[str, ...] = ()) -> Path:
@@ -28,13 +33,13 @@ def plot_variant_bars(table: pd.DataFrame, panels: list[tuple[str, str | None, s
         bars = ax.bar(x - (width / 2 if paper else 0), np.nan_to_num(values), width, label="ours", color="C0")
         for bar, v in zip(bars, values):
             if np.isfinite(v):
-                ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+                ax.annotate(_label(v), (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
         if paper:
             reported = pd.to_numeric(table[paper], errors="coerce").to_numpy(float)
             bars = ax.bar(x + width / 2, np.nan_to_num(reported), width, label="paper", color="grey")
             for bar, v in zip(bars, reported):
                 if np.isfinite(v):
-                    ax.annotate(f"{v:.3g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+                    ax.annotate(_label(v), (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x, table[label], rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(ylabel)
         if ours in log_panels:
