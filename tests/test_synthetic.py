@@ -93,3 +93,20 @@ def test_backgrounds_cover_every_kind(tmp_path):
 def test_missing_split_is_a_clear_error(tmp_path):
     with pytest.raises(MofaError, match="not a synthetic split"):
         SyntheticSet(tmp_path)
+
+
+def test_generator_uses_the_configured_ambient_offset(small_face_model, tmp_path):
+    """light.ambient_offset reaches the images: a brighter ambient term gives brighter faces, and the
+    manifest records it."""
+    camera = PinholeCamera(image_size=48, focal_length_px=160.0)
+    dist = CodeDistribution()
+    common = dict(n=2, model=small_face_model, camera=camera, seed=3, dist=dist, render_region="all",
+                  background_mix={"colour_field": 1.0}, image_noise_std=0.0, workers=1, progress=False)
+    dim = generate_split(tmp_path / "dim", "train", ambient_offset=0.4, **common)
+    bright = generate_split(tmp_path / "bright", "train", ambient_offset=0.9, **common)
+    assert (dim["ambient_offset"], bright["ambient_offset"]) == (0.4, 0.9)
+    a = np.load(tmp_path / "dim" / "train" / "images.npy").astype(float)
+    b = np.load(tmp_path / "bright" / "train" / "images.npy").astype(float)
+    face = np.abs(a - b).sum(-1) > 0  # only face pixels differ (same backgrounds)
+    assert face.mean() > 0.05
+    assert b[face].mean() > a[face].mean() + 10

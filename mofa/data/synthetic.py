@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from mofa.data.backgrounds import list_images, sample_background
-from mofa.decoder import Decoder, PinholeCamera
+from mofa.decoder import AMBIENT_OFFSET, Decoder, PinholeCamera
 from mofa.decoder.layout import CodeLayout
 from mofa.errors import MofaError
 from mofa.facemodel.model import FaceModel
@@ -153,8 +153,9 @@ def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, ca
                    seed: int, dist: CodeDistribution, render_region: str = "face_head",
                    background_mix: dict[str, float] | None = None, background_folder: str | None = None,
                    supersample: int = 1, image_noise_std: float = 0.01, batch_size: int = 32,
-                   workers: int = 2, progress: bool = True) -> dict:
-    """Render n samples of one split into out_dir/<split>; returns the manifest dict."""
+                   workers: int = 2, progress: bool = True, ambient_offset: float = AMBIENT_OFFSET) -> dict:
+    """Render n samples of one split into out_dir/<split>; returns the manifest dict. ambient_offset:
+    the SH light's ambient offset (the config's light.ambient_offset, as the training decoder uses)."""
     if split not in SPLIT_IDS:
         raise MofaError(f"synthetic split must be one of {sorted(SPLIT_IDS)}, got '{split}'")
     final = Path(out_dir) / split
@@ -165,7 +166,7 @@ def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, ca
     files = list_images(background_folder) if background_folder else None
 
     region_model = model.submesh(render_region) if render_region in model.regions else model
-    decoder = Decoder(region_model, camera)
+    decoder = Decoder(region_model, camera, ambient_offset=ambient_offset)
     layout = decoder.layout
     face = region_model.regions[model.face_region]
     size = camera.image_size
@@ -210,7 +211,7 @@ def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, ca
         "face_model": model.name, "face_region": model.face_region, "render_region": render_region,
         "distribution": dataclasses.asdict(dist), "background_mix": mix,
         "background_folder": str(background_folder) if background_folder else None,
-        "supersample": supersample, "image_noise_std": image_noise_std,
+        "supersample": supersample, "image_noise_std": image_noise_std, "ambient_offset": ambient_offset,
         "seconds": round(seconds, 2), "images_per_second": round(n / max(seconds, 1e-9), 1),
     }
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -255,6 +256,7 @@ def generate(cfg: dict, model: FaceModel, camera: PinholeCamera, out_dir: str | 
     common = dict(model=model, camera=camera, seed=int(syn["seed"]), dist=dist,
                   render_region=syn["render_region"], background_mix=syn["background_mix"],
                   background_folder=folder, supersample=int(syn["supersample"]),
-                  image_noise_std=float(syn["image_noise_std"]), workers=int(syn["workers"]), progress=progress)
+                  image_noise_std=float(syn["image_noise_std"]), workers=int(syn["workers"]), progress=progress,
+                  ambient_offset=float(cfg["light"]["ambient_offset"]))
     return {split: generate_split(out_dir, split, int(syn[f"n_{split}"]), **common) for split in ("train", "test")}
 
