@@ -11,6 +11,7 @@ layer back from the code to the 256-channel map, a sigmoid on the output (colour
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -163,24 +164,35 @@ def draw(source, indices: torch.Tensor) -> dict[str, torch.Tensor]:
     return source.batch(indices.tolist())
 
 
-def train_conv_autoencoder(model: ConvAutoencoder, images_source, iterations: int, batch_size: int = 32,
-                           lr: float = 1e-3, seed: int = 0, loss: ReconstructionLoss = "l2",
-                           device: str | torch.device = "cpu") -> list[float]:
-    """Train the autoencoder on images drawn at random (seeded) from `images_source` (see `draw`;
-    images are resized to the model's size) with Adam; returns the loss of every iteration."""
-    device = torch.device(device)
+def train_adam(model: torch.nn.Module, source, batch_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+               iterations: int, batch_size: int, lr: float, seed: int, device: torch.device) -> list[float]:
+    """Adam on batches of `batch_size` samples drawn at random (seeded) from `source` (see `draw`);
+    batch_loss(batch) -> scalar loss of the model on one batch. Leaves the model in eval mode; returns
+    the loss of every iteration."""
     model.to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    n = source_size(images_source)
+    n = source_size(source)
     losses = []
     for _ in range(iterations):
-        indices = torch.randint(n, (batch_size,), generator=generator)
-        images = fit_size(draw(images_source, indices)["images"].to(device).float(), model.image_size)
-        value = reconstruction_loss(model(images), images, loss)
+        value = batch_loss(draw(source, torch.randint(n, (batch_size,), generator=generator)))
         optimiser.zero_grad(set_to_none=True)
         value.backward()
         optimiser.step()
         losses.append(float(value.detach()))
     model.eval()
     return losses
+
+
+def train_conv_autoencoder(model: ConvAutoencoder, images_source, iterations: int, batch_size: int = 32,
+                           lr: float = 1e-3, seed: int = 0, loss: ReconstructionLoss = "l2",
+                           device: str | torch.device = "cpu") -> list[float]:
+    """Train the autoencoder on images drawn at random (seeded) from `images_source` (see `draw`;
+    images are resized to the model's size) with Adam; returns the loss of every iteration."""
+    device = torch.device(device)
+
+    def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        images = fit_size(batch["images"].to(device).float(), model.image_size)
+        return reconstruction_loss(model(images), images, loss)
+
+    return train_adam(model, images_source, batch_loss, iterations, batch_size, lr, seed, device)

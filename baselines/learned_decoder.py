@@ -13,11 +13,10 @@ import torch.nn.functional as F
 from baselines.conv_autoencoder import (
     ConvImageDecoder,
     ReconstructionLoss,
-    draw,
     fit_size,
     reconstruction_loss,
     seeded,
-    source_size,
+    train_adam,
 )
 
 # SSIM constants of Wang et al. 2004 (and skimage's `gaussian_weights=True` mode).
@@ -43,24 +42,15 @@ def train_learned_decoder(model: LearnedDecoder, source, iterations: int, batch_
     masks (N, H, W) bool restricting the loss (e.g. to the face). Images are resized to the model's
     size. Adam; returns the loss of every iteration."""
     device = torch.device(device)
-    model.to(device).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    n = source_size(source)
-    losses = []
-    for _ in range(iterations):
-        batch = draw(source, torch.randint(n, (batch_size,), generator=generator))
+
+    def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         images = fit_size(batch["images"].to(device).float(), model.image_size)
         mask = batch.get("masks")
         if mask is not None:
             mask = fit_size(mask.to(device)[:, None].float(), model.image_size)[:, 0] > 0.5
-        value = reconstruction_loss(model(batch["codes"].to(device).float()), images, loss, mask)
-        optimiser.zero_grad(set_to_none=True)
-        value.backward()
-        optimiser.step()
-        losses.append(float(value.detach()))
-    model.eval()
-    return losses
+        return reconstruction_loss(model(batch["codes"].to(device).float()), images, loss, mask)
+
+    return train_adam(model, source, batch_loss, iterations, batch_size, lr, seed, device)
 
 
 # -- image fidelity ---------------------------------------------------------------------------------
