@@ -7,34 +7,40 @@ import numpy as np
 import torch
 
 from mofa import metrics
-from mofa.decoder import Decoder
+from mofa.decoder import Decoder, DecodedFace
 from mofa.render.raycast import render
 from mofa.training.trainer import predict_codes
 
 
-def render_estimates(decoder: Decoder, codes: torch.Tensor, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """The decoded faces (training region) rendered over their input images.
-
-    codes (B, D); images (B, 3, H, W) in [0, 1] -> rendered (B, H, W, 3), mask (B, H, W) bool.
-    """
+def decode(decoder: Decoder, codes: torch.Tensor) -> DecodedFace:
+    """The decoder's output for codes (B, D), without gradients, on the decoder's device."""
     with torch.no_grad():
-        out = decoder(codes.to(decoder.mean_shape.device))
-    verts, cols = out.vertices.cpu().numpy(), out.colours.clamp(0, 1).cpu().numpy()
+        return decoder(codes.to(decoder.mean_shape.device))
+
+
+def render_decoded(decoder: Decoder, decoded: DecodedFace, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded faces (the decoder's region) rendered over their input images (B, 3, H, W) in [0, 1]
+    -> rendered (B, H, W, 3), mask (B, H, W) bool."""
+    verts, cols = decoded.vertices.cpu().numpy(), decoded.colours.clamp(0, 1).cpu().numpy()
     tris = decoder.triangles.cpu().numpy()
     backgrounds = images.permute(0, 2, 3, 1).cpu().numpy()
     shots = [render(v, tris, c, decoder.camera, bg, cull_back_faces=True) for v, c, bg in zip(verts, cols, backgrounds)]
     return np.stack([s.image for s in shots]), np.stack([s.mask for s in shots])
 
 
-def image_metrics(decoder: Decoder, codes: torch.Tensor, images: torch.Tensor,
+def render_estimates(decoder: Decoder, codes: torch.Tensor, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The faces of codes (B, D) rendered over their input images: `render_decoded` of `decode`."""
+    return render_decoded(decoder, decode(decoder, codes), images)
+
+
+def image_metrics(decoder: Decoder, decoded: DecodedFace, images: torch.Tensor,
                   landmarks: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Per-image photometric error (rendered estimate vs input over its face pixels) and, with
     ground-truth landmarks (B, 68, 2) px, landmark error over the 46 points (px)."""
-    rendered, mask = render_estimates(decoder, codes, images)
+    rendered, mask = render_decoded(decoder, decoded, images)
     out = {"photometric_error": metrics.photometric_error(rendered, images.permute(0, 2, 3, 1).cpu().numpy(), mask)}
     if landmarks is not None:
-        with torch.no_grad():
-            screen = decoder(codes.to(decoder.mean_shape.device)).screen[:, decoder.landmarks]
+        screen = decoded.screen[:, decoder.landmarks]
         out["landmark_error"] = metrics.landmark_error(screen.cpu().numpy(), landmarks.cpu().numpy())
     return out
 
@@ -51,19 +57,18 @@ def mean_and_median(per_image: dict[str, np.ndarray]) -> dict[str, float]:
 def synthetic_metrics(decoder: Decoder, codes: torch.Tensor, batch: dict) -> dict[str, np.ndarray]:
     """Per-image errors of codes (B, D) on a synthetic batch (SyntheticSet.batch): geometric error (mm,
     face region, after translation and isotropic scale), photometric error, landmark error (46 points, px)."""
-    with torch.no_grad():
-        pred_vertices = decoder(codes.to(decoder.mean_shape.device)).vertices.cpu().numpy()
-    return {"geometric_error": metrics.geometric_error(pred_vertices, batch["vertices"].numpy()),
-            **image_metrics(decoder, codes, batch["images"], batch["landmarks"])}
+    decoded = decode(decoder, codes)
+    return {"geometric_error": metrics.geometric_error(decoded.vertices.cpu().numpy(), batch["vertices"].numpy()),
+            **image_metrics(decoder, decoded, batch["images"], batch["landmarks"])}
 
 
 def real_metrics(decoder: Decoder, codes: torch.Tensor, batch: dict) -> dict[str, np.ndarray]:
     """Per-image errors of codes (B, D) on a real-face batch (RealFaceSet.batch): landmark error (46
     points, crop px) against the ground-truth landmarks (NaN where an image has none), photometric
     error, and the 68-point NME of the AFLW2000-3D protocol (fraction of sqrt(w h) of the GT box)."""
-    per_image = image_metrics(decoder, codes, batch["images"], batch["gt_landmarks"])
-    with torch.no_grad():
-        screen = decoder(codes.to(decoder.mean_shape.device)).screen[:, decoder.landmarks].cpu().numpy()
+    decoded = decode(decoder, codes)
+    per_image = image_metrics(decoder, decoded, batch["images"], batch["gt_landmarks"])
+    screen = decoded.screen[:, decoder.landmarks].cpu().numpy()
     per_image["nme"] = metrics.nme_aflw2000(screen, batch["gt_landmarks"].numpy())
     return per_image
 
