@@ -9,7 +9,6 @@ tables/e1_synthetic.csv + .md (start and end beside the paper's 21.6 -> 4.5 mm, 
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,8 +76,8 @@ def run(cfg: dict) -> dict:
     test_set = SyntheticSet(synthetic.data_dir(cfg) / "test")
     evaluate = lambda decoder, device: synthetic_evaluator(  # noqa: E731
         decoder, test_set, cfg["training"]["eval_images"], cfg["training"]["input_size"], device)
-    manifests = [json.loads((synthetic.data_dir(cfg) / split / "manifest.json").read_text()) for split in ("train", "test")]
-    prepare_run_dir(run_dir(cfg), {"config": config_hash({s: cfg[s] for s in PARAMS}), "data": manifests})
+    prepare_run_dir(run_dir(cfg), {"config": config_hash({s: cfg[s] for s in PARAMS}),
+                                   "data": [train_set.manifest, test_set.manifest]})
     curves, encoder = run_training(cfg, run_dir(cfg), model, e1["encoder"], train_set, evaluate,
                                    e1["iterations"], e1["evaluations"], landmarks=False,
                                    landmark_warmup=e1["landmark_warmup"])
