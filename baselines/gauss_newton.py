@@ -239,7 +239,7 @@ def decoder_jacobian(decoder, codes: torch.Tensor, mode: JacobianMode = "jacfwd"
         torch.eye(sum(sizes), dtype=codes.dtype, device=codes.device), mode, chunk_size)
     geometry = columns("shape", "expression")
     if len(geometry):
-        basis = torch.cat([decoder.shape_basis, decoder.expression_basis], 0)  # (K, N, 3)
+        basis = decoder.geometry_basis  # (K, N, 3)
         d_normals = _along(lambda v: vertex_normals(v, decoder.triangles), mesh, basis, mode, chunk_size)
         d_mesh = torch.cat([basis.permute(1, 2, 0).expand_as(d_normals), d_normals], -2)  # (B, N, 6, K)
         d_screen[..., geometry] = ds_local[..., :6] @ d_mesh

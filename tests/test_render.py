@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mofa.decoder import Decoder, PinholeCamera
-from mofa.render.raycast import Rendered, render, render_batch, shaded_geometry_colours
+from mofa.render.raycast import Rendered, back_face_culled, render, render_batch, shaded_geometry_colours
 
 CAMERA = PinholeCamera(image_size=64, focal_length_px=100.0)
 
@@ -254,3 +254,17 @@ def test_back_face_culling_changes_no_pixel(small_face_model):
     np.testing.assert_array_equal(full.mask, culled.mask)
     np.testing.assert_allclose(full.image, culled.image, atol=1e-6)
     np.testing.assert_allclose(full.depth[full.mask], culled.depth[full.mask], atol=1e-4)
+
+
+def test_back_face_culled_keeps_the_triangles_facing_the_camera(small_face_model):
+    """The kept triangles, in their order, are those whose counter-clockwise normal points towards the
+    camera, as np.cross and einsum say in float64."""
+    camera = PinholeCamera(image_size=96, focal_length_px=500.0)
+    decoder = Decoder(small_face_model, camera)
+    with torch.no_grad():
+        vertices = decoder(random_code(decoder.layout, 1, seed=5)).vertices[0].numpy()
+    triangles = small_face_model.triangles
+    a, b, c = (vertices[triangles[:, k]].astype(np.float64) for k in range(3))
+    towards = np.einsum("ij,ij->i", np.cross(b - a, c - a), a + b + c) < 0
+    assert 0.3 < towards.mean() < 0.7
+    np.testing.assert_array_equal(back_face_culled(vertices, triangles), triangles[towards])

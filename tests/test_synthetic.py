@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mofa.data.backgrounds import KINDS, sample_background
-from mofa.data.synthetic import CodeDistribution, SyntheticSet, generate_split, sample_code
+from mofa.data.backgrounds import KINDS, _blend, sample_background
+from mofa.data.synthetic import CodeDistribution, SyntheticSet, _to_uint8, generate_split, sample_code
 from mofa.decoder import Decoder, PinholeCamera
 from mofa.decoder.layout import CodeLayout
 from mofa.errors import MofaError
@@ -38,6 +38,29 @@ def test_generation_is_deterministic_and_independent_of_batching(ci_model, tmp_p
     assert not (tmp_path / "a/test.partial").exists(), "the partial folder is renamed when complete"
     samples = pd.read_csv(tmp_path / "a/test/samples.csv")
     assert list(samples["index"]) == list(range(6)) and samples.yaw_deg.abs().max() <= 45
+
+
+def test_generation_is_independent_of_the_number_of_processes(ci_model, tmp_path):
+    """Chunks of 2 samples claimed by 1 or 3 processes: the same bytes in every array and samples.csv."""
+    common = {"n": 8, "model": ci_model, "camera": CAMERA, "seed": 5, "dist": CodeDistribution(), "batch_size": 2,
+              "progress": False}
+    generate_split(tmp_path / "one", "train", workers=1, **common)
+    generate_split(tmp_path / "three", "train", workers=3, **common)
+    for name in ("images", "codes", "landmarks", "landmark_visible", "vertices"):
+        np.testing.assert_array_equal(np.load(tmp_path / "one/train" / f"{name}.npy"),
+                                      np.load(tmp_path / "three/train" / f"{name}.npy"), err_msg=name)
+    assert (tmp_path / "one/train/samples.csv").read_text() == (tmp_path / "three/train/samples.csv").read_text()
+
+
+def test_pixel_noise_and_rounding_as_numpy_normal_draws_them():
+    """_to_uint8 (in place, standard normals times the std) gives the bytes of the plain formula with
+    rng.normal; without noise it rounds the float32 image."""
+    image = np.random.default_rng(0).random((16, 16, 3), dtype=np.float32) * 1.1 - 0.05  # some out of [0, 1]
+    for std in (0.01, 0.0):
+        out = np.empty(image.shape, np.uint8)
+        _to_uint8(image, np.random.default_rng(7), std, out)
+        noisy = image + np.random.default_rng(7).normal(0, std, image.shape) if std else image
+        np.testing.assert_array_equal(out, np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8))
 
 
 def test_stored_ground_truth_matches_the_decoder(ci_model, tmp_path):
@@ -85,6 +108,10 @@ def test_backgrounds_cover_every_kind(tmp_path):
         assert got == kind and img.shape == (32, 32, 3) and img.min() >= 0 and img.max() <= 1
     img, _ = sample_background(np.random.default_rng(0), 32, {"folder": 1.0}, files)
     np.testing.assert_allclose(img[0, 0], [30 / 255, 200 / 255, 10 / 255], atol=1e-6)  # BGR file -> RGB
+    # the tinted kinds mix two colours per pixel as the plain broadcast formula does, to the bit
+    a, b = np.array([0.1, 0.5, 0.9]), np.array([0.8, 0.2, 0.3])
+    for t in (np.random.default_rng(1).random((8, 8), dtype=np.float32), np.linspace(0, 1, 64).reshape(8, 8)):
+        np.testing.assert_array_equal(_blend(a, b, t), (a + t[..., None] * (b - a)).astype(np.float32))
     (tmp_path / "empty").mkdir()
     with pytest.raises(MofaError, match="holds no images"):
         list_images(tmp_path / "empty")

@@ -8,21 +8,25 @@ On-disk format of one split (a folder, written under `<folder>.partial` and rena
   landmarks.npy          (N, 68, 2) float32 pixels, iBUG order (projected model landmark vertices)
   landmark_visible.npy   (N, 68) bool, not self-occluded and inside the image
   vertices.npy           (N, Nr, 3) float32 camera-space mm of the training face region
-Sample i of a split draws everything from `numpy.random.default_rng([seed, split_id, i])`, so the
-data are the same whatever the batch size or interruption.
+Sample i of a split draws its code from `numpy.random.default_rng([seed, split_id, i])` and its
+background and pixel noise from `default_rng([seed, split_id, i, 1])`, so the data are the same
+whatever the batch size, the number of worker processes or interruption.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
-import multiprocessing
 import logging
+import multiprocessing
 import os
+import queue
 import shutil
 import time
+import traceback
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -114,39 +118,174 @@ def _landmark_visibility(screen: np.ndarray, depth_z: np.ndarray, depth_image: n
     return visible
 
 
-_WORKER: dict = {}
+def _to_uint8(image: np.ndarray, rng: np.random.Generator, noise_std: float, out: np.ndarray) -> None:
+    """Write image (H, W, 3) float32 in [0, 1], plus N(0, noise_std^2) pixel noise, into out (H, W, 3)
+    uint8: rint(255 x) clipped to [0, 255]. The noise is the float64 of rng.normal(0, noise_std) (the
+    same standard normals times noise_std), drawn into one buffer that the rest works in, in place."""
+    if noise_std:
+        pixels = rng.standard_normal(image.shape)
+        pixels *= noise_std
+        pixels += image
+        pixels *= 255
+    else:
+        pixels = image * 255  # float32
+    np.rint(pixels, out=pixels)
+    np.clip(pixels, 0, 255, out=pixels)
+    out[...] = pixels
 
 
-def _init_worker(triangles, camera, mix, files, supersample, image_noise_std) -> None:
-    torch.set_num_threads(1)
-    _WORKER.update(triangles=triangles, camera=camera, mix=mix, files=files, supersample=supersample,
-                   image_noise_std=image_noise_std)
+@dataclasses.dataclass(frozen=True)
+class _SplitSpec:
+    """What generating any sample of one split needs; picklable, sent once to each helper process.
+
+    folder holds the split's preallocated arrays (ARRAYS, .npy); model is the render region's mesh and
+    face_vertices (Nr,) the indices of the training face region in it; background_files: photos or None."""
+    folder: Path
+    seed: int
+    split_id: int
+    model: FaceModel
+    face_vertices: np.ndarray
+    camera: PinholeCamera
+    dist: CodeDistribution
+    ambient_offset: float
+    background_mix: dict
+    background_files: list | None
+    supersample: int
+    image_noise_std: float
 
 
-def _render_sample(job) -> tuple[np.ndarray, np.ndarray, str]:
-    """Render one sample: its background, noise and landmark visibility come from its own RNG stream
-    (after the code's draws), so the result does not depend on which worker renders it."""
-    seed, split_id, i, verts, cols, landmarks, landmark_z = job
-    w = _WORKER
-    rng = np.random.default_rng([seed, split_id, i, 1])
-    size = w["camera"].image_size
-    background, kind = sample_background(rng, size, w["mix"], w["files"])
-    shot = render(verts, w["triangles"], cols, w["camera"], background, w["supersample"], cull_back_faces=True)
-    pixels = shot.image + rng.normal(0, w["image_noise_std"], shot.image.shape) if w["image_noise_std"] else shot.image
-    image = np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8)
-    return image, _landmark_visibility(landmarks, landmark_z, shot.depth), kind
+class _SampleWriter:
+    """Generates samples of a split straight into its memory-mapped arrays (one per process).
+
+    Sample i draws its code from `default_rng([seed, split_id, i])` and its background, pixel noise
+    and nothing else from `default_rng([seed, split_id, i, 1])`, and the decoder's output for one code
+    does not depend on the other codes of its batch: the data do not depend on which process writes
+    which samples, nor on the batch size. threads: Open3D's threads per image (0: all cores)."""
+
+    def __init__(self, split: _SplitSpec, threads: int):
+        self.split = split
+        self.threads = threads
+        self.decoder = Decoder(split.model, split.camera, ambient_offset=split.ambient_offset)
+        self.triangles = np.ascontiguousarray(split.model.triangles, dtype=np.intp)
+        self.arrays = {k: np.load(split.folder / f"{k}.npy", mmap_mode="r+") for k in ARRAYS}
+
+    def write(self, lo: int, hi: int) -> list[dict]:
+        """Samples lo..hi-1, decoded as one batch and rendered one by one; returns their samples.csv rows."""
+        sp, arrays = self.split, self.arrays
+        sampled = [sample_code(np.random.default_rng([sp.seed, sp.split_id, i]), self.decoder.layout, sp.model,
+                               sp.dist) for i in range(lo, hi)]
+        codes = np.stack([code for code, _ in sampled])
+        with torch.no_grad():
+            out = self.decoder(torch.from_numpy(codes))
+        verts, colours = out.vertices.numpy(), out.colours.clamp(0, 1).numpy()
+        landmarks = out.screen.numpy()[:, sp.model.landmarks]
+        arrays["codes"][lo:hi] = codes
+        arrays["landmarks"][lo:hi] = landmarks
+        arrays["vertices"][lo:hi] = verts[:, sp.face_vertices]
+        rows = []
+        for j, (i, (_, description)) in enumerate(zip(range(lo, hi), sampled)):
+            kind = self._render(i, verts[j], colours[j], landmarks[j])
+            rows.append({"index": i, **description, "background": kind})
+        return rows
+
+    def _render(self, i: int, verts: np.ndarray, colours: np.ndarray, landmarks: np.ndarray) -> str:
+        """Render sample i (verts, colours (N, 3), landmarks (68, 2) px) over its background into the
+        images and landmark_visible arrays; returns the background kind."""
+        sp = self.split
+        rng = np.random.default_rng([sp.seed, sp.split_id, i, 1])
+        background, kind = sample_background(rng, sp.camera.image_size, sp.background_mix, sp.background_files)
+        shot = render(verts, self.triangles, colours, sp.camera, background, sp.supersample,
+                      cull_back_faces=True, threads=self.threads)
+        _to_uint8(shot.image, rng, sp.image_noise_std, out=self.arrays["images"][i])
+        landmark_z = verts[sp.model.landmarks, 2]
+        self.arrays["landmark_visible"][i] = _landmark_visibility(landmarks, landmark_z, shot.depth)
+        return kind
+
+
+def _claim(next_index, n: int, chunk: int) -> range:
+    """The next `chunk` sample indices not yet claimed by any process (empty when none is left);
+    next_index: a shared multiprocessing Value."""
+    with next_index.get_lock():
+        lo = next_index.value
+        next_index.value = min(n, lo + chunk)
+    return range(lo, min(n, lo + chunk))
+
+
+def _write_claimed(writer: _SampleWriter, next_index, n: int, chunk: int):
+    """Claim chunks and write them until none is left; yields each chunk's samples.csv rows."""
+    while idx := _claim(next_index, n, chunk):
+        yield writer.write(idx.start, idx.stop)
 
 
 @contextlib.contextmanager
-def _render_pool(workers: int, *init_args):
-    """A function jobs -> results, rendering in `workers` processes (or in this one when workers <= 1)."""
-    if workers <= 1:
-        _init_worker(*init_args)
-        yield lambda jobs: [_render_sample(job) for job in jobs]
-        return
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-    with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
-        yield lambda jobs: pool.map(_render_sample, jobs, chunksize=max(1, len(jobs) // (2 * workers)))
+def _single_threaded():
+    """torch and OpenCV on one thread each inside the body (processes that share the cores), then as before."""
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+
+
+def _helper(split: _SplitSpec, next_index, n: int, chunk: int, results) -> None:
+    """A helper process: writes claimed chunks, putting each one's rows (or the error) on `results`."""
+    try:
+        with _single_threaded():
+            for rows in _write_claimed(_SampleWriter(split, threads=1), next_index, n, chunk):
+                results.put(rows)
+    except BaseException:  # noqa: BLE001 - the main process re-raises it
+        results.put(traceback.format_exc())
+
+
+def _write_all(split: _SplitSpec, n: int, chunk: int, workers: int, bar) -> list[dict]:
+    """Write samples 0..n-1 in chunks of `chunk` with `workers` processes, this one included; returns
+    the samples.csv rows, by index. Every process claims the next chunk when done with its last, so
+    nothing funnels through this process.
+
+    Helpers are forked (they start in milliseconds; a spawned or forkserver helper first imports torch
+    and Open3D, ~1.5 s, 4 % of the default preset's split) and run torch, OpenCV and Open3D on one
+    thread each: the pattern of PyTorch's DataLoader workers, which is what makes forking a process
+    that has used threaded torch safe."""
+    ctx = multiprocessing.get_context("fork")
+    next_index, results = ctx.Value("q", 0), ctx.Queue()
+    helpers: list[multiprocessing.process.BaseProcess] = []
+    rows: list[dict] = []
+
+    def record(chunk_rows: list[dict]) -> None:
+        rows.extend(chunk_rows)
+        bar.update(len(chunk_rows))
+
+    def helper_rows(wait: bool) -> list[dict]:
+        """One helper chunk's rows, or [] when none is there (after a second if wait)."""
+        try:
+            got = results.get(timeout=1.0) if wait else results.get_nowait()
+        except queue.Empty:
+            if any(h.exitcode not in (None, 0) for h in helpers):
+                raise MofaError("synthetic: a helper process died (out of memory?); set synthetic.workers: 1") from None
+            return []
+        if isinstance(got, str):
+            raise MofaError(f"synthetic: a helper process failed:\n{got}")
+        return got
+
+    try:
+        for _ in range(workers - 1):
+            helpers.append(ctx.Process(target=_helper, args=(split, next_index, n, chunk, results), daemon=True))
+            helpers[-1].start()
+        with _single_threaded() if helpers else contextlib.nullcontext():
+            for own in _write_claimed(_SampleWriter(split, threads=1 if helpers else 0), next_index, n, chunk):
+                record(own)
+                while not results.empty():
+                    record(helper_rows(wait=False))
+        while len(rows) < n:  # the helpers' last chunks
+            record(helper_rows(wait=True))
+    finally:
+        for h in helpers:  # idle by now, or still starting when this process wrote everything
+            h.terminate()
+            h.join()
+    return sorted(rows, key=lambda row: row["index"])
 
 
 def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, camera: PinholeCamera,
@@ -154,8 +293,12 @@ def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, ca
                    background_mix: dict[str, float] | None = None, background_folder: str | None = None,
                    supersample: int = 1, image_noise_std: float = 0.01, batch_size: int = 32,
                    workers: int = 2, progress: bool = True, ambient_offset: float = AMBIENT_OFFSET) -> dict:
-    """Render n samples of one split into out_dir/<split>; returns the manifest dict. ambient_offset:
-    the SH light's ambient offset (the config's light.ambient_offset, as the training decoder uses)."""
+    """Render n samples of one split into out_dir/<split>; returns the manifest dict.
+
+    batch_size: codes decoded together, the chunk a process claims at a time; workers: processes that
+    generate samples, this one included (1: this one alone, with every core for Open3D); neither
+    changes the data. ambient_offset: the SH light's ambient offset (the config's light.ambient_offset,
+    as the training decoder uses)."""
     if split not in SPLIT_IDS:
         raise MofaError(f"synthetic split must be one of {sorted(SPLIT_IDS)}, got '{split}'")
     final = Path(out_dir) / split
@@ -166,44 +309,24 @@ def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, ca
     files = list_images(background_folder) if background_folder else None
 
     region_model = model.submesh(render_region) if render_region in model.regions else model
-    decoder = Decoder(region_model, camera, ambient_offset=ambient_offset)
-    layout = decoder.layout
-    face = region_model.regions[model.face_region]
+    layout = CodeLayout.for_model(region_model)
+    face = np.flatnonzero(region_model.regions[model.face_region])
     size = camera.image_size
     shapes = {"images": ((n, size, size, 3), np.uint8), "codes": ((n, layout.size), np.float32),
               "landmarks": ((n, 68, 2), np.float32), "landmark_visible": ((n, 68), bool),
-              "vertices": ((n, int(face.sum()), 3), np.float32)}
-    arrays = {k: np.lib.format.open_memmap(partial / f"{k}.npy", mode="w+", dtype=dt, shape=shp)
-              for k, (shp, dt) in shapes.items()}
-    rows = []
+              "vertices": ((n, len(face), 3), np.float32)}
+    for k, (shp, dt) in shapes.items():  # the files, preallocated here, are filled by _write_all's processes
+        np.lib.format.open_memmap(partial / f"{k}.npy", mode="w+", dtype=dt, shape=shp)
+    spec = _SplitSpec(partial, seed, SPLIT_IDS[split], region_model, face, camera, dist, ambient_offset, mix, files,
+                  supersample, image_noise_std)
     start = time.perf_counter()
     bar = tqdm(total=n, desc=f"synthetic {split}", unit="img", disable=not progress, leave=False)
-    with _render_pool(workers, region_model.triangles, camera, mix, files, supersample, image_noise_std) as pool:
-        for lo in range(0, n, batch_size):
-            idx = range(lo, min(n, lo + batch_size))
-            rngs = [np.random.default_rng([seed, SPLIT_IDS[split], i]) for i in idx]
-            sampled = [sample_code(r, layout, region_model, dist) for r in rngs]
-            codes = torch.from_numpy(np.stack([c for c, _ in sampled]))
-            with torch.no_grad():
-                out = decoder(codes)
-            verts, cols = out.vertices.numpy(), out.colours.clamp(0, 1).numpy()
-            landmarks = out.screen.numpy()[:, region_model.landmarks]
-            landmark_z = verts[:, region_model.landmarks, 2]
-            jobs = [(seed, SPLIT_IDS[split], i, verts[j], cols[j], landmarks[j], landmark_z[j]) for j, i in enumerate(idx)]
-            for j, (image, visible, kind) in enumerate(pool(jobs)):
-                i = idx[j]
-                arrays["images"][i] = image
-                arrays["landmark_visible"][i] = visible
-                rows.append({"index": i, **sampled[j][1], "background": kind})
-            arrays["codes"][idx.start:idx.stop] = codes.numpy()
-            arrays["landmarks"][idx.start:idx.stop] = landmarks
-            arrays["vertices"][idx.start:idx.stop] = verts[:, face]
-            bar.update(len(idx))
+    rows = _write_all(spec, n, batch_size, max(1, min(workers, -(-n // batch_size))), bar)  # <= 1 per batch
     bar.close()
     seconds = time.perf_counter() - start
-    for a in arrays.values():
-        a.flush()
-    del arrays
+    for k in ARRAYS:  # on disk before the folder is renamed complete (the processes wrote through the page cache)
+        with open(partial / f"{k}.npy", "rb+") as f:
+            os.fsync(f.fileno())
     pd.DataFrame(rows).to_csv(partial / "samples.csv", index=False, float_format="%.4f")
     manifest = {
         "format_version": FORMAT_VERSION, "split": split, "count": n, "seed": seed,
@@ -256,7 +379,7 @@ def generate(cfg: dict, model: FaceModel, camera: PinholeCamera, out_dir: str | 
     common = dict(model=model, camera=camera, seed=int(syn["seed"]), dist=dist,
                   render_region=syn["render_region"], background_mix=syn["background_mix"],
                   background_folder=folder, supersample=int(syn["supersample"]),
-                  image_noise_std=float(syn["image_noise_std"]), workers=int(syn["workers"]), progress=progress,
+                  image_noise_std=float(syn["image_noise_std"]), workers=int(syn["workers"]) or len(os.sched_getaffinity(0)), progress=progress,
                   ambient_offset=float(cfg["light"]["ambient_offset"]))
     return {split: generate_split(out_dir, split, int(syn[f"n_{split}"]), **common) for split in ("train", "test")}
 

@@ -49,8 +49,9 @@ class Decoder(torch.nn.Module):
         self.ambient_offset = ambient_offset
         as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
         self.register_buffer("mean_shape", as_t(model.mean_shape))
-        self.register_buffer("shape_basis", as_t(model.shape_basis))
-        self.register_buffer("expression_basis", as_t(model.expression_basis))
+        # shape and expression modes in one (Ks + Ke, N, 3) buffer: geometry is one matrix product
+        self.register_buffer("geometry_basis", as_t(np.concatenate([model.shape_basis, model.expression_basis], 0)))
+        self.n_shape = len(model.shape_basis)
         self.register_buffer("mean_reflectance", as_t(model.mean_reflectance))
         self.register_buffer("reflectance_basis", as_t(model.reflectance_basis))
         self.register_buffer("triangles", torch.as_tensor(model.triangles, dtype=torch.int64))
@@ -58,13 +59,22 @@ class Decoder(torch.nn.Module):
         self.register_buffer("face_mask", torch.as_tensor(model.training_mask, dtype=torch.bool))
 
     @property
+    def shape_basis(self) -> torch.Tensor:
+        """(Ks, N, 3) identity modes, mm (a view of geometry_basis)."""
+        return self.geometry_basis[:self.n_shape]
+
+    @property
+    def expression_basis(self) -> torch.Tensor:
+        """(Ke, N, 3) expression modes, mm (a view of geometry_basis)."""
+        return self.geometry_basis[self.n_shape:]
+
+    @property
     def code_size(self) -> int:
         return self.layout.size
 
     def geometry(self, shape: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         """shape (B, Ks), expression (B, Ke) -> (B, N, 3) model-space vertices, mm."""
-        basis = torch.cat([self.shape_basis, self.expression_basis], 0)
-        return linear_combination(self.mean_shape, basis, torch.cat([shape, expression], -1))
+        return linear_combination(self.mean_shape, self.geometry_basis, torch.cat([shape, expression], -1))
 
     def forward(self, code: torch.Tensor) -> DecodedFace:
         """code: (B, layout.size) -> DecodedFace."""

@@ -15,9 +15,9 @@ def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Ten
     Each vertex gets the sum of its adjacent triangles' unnormalised normals (their length is twice
     the triangle's area, so the sum is area-weighted), then normalised.
     """
-    a, b, c = (vertices[:, triangles[:, i]] for i in range(3))
+    a, b, c = (vertices.index_select(1, triangles[:, i]) for i in range(3))
     face_normals = torch.cross(b - a, c - a, dim=-1)  # (B, T, 3)
     normals = torch.zeros_like(vertices)
     for i in range(3):
-        normals = normals.index_add(1, triangles[:, i], face_normals)
+        normals = normals.index_add(1, triangles[:, i], face_normals)  # out of place: torch.func transforms it
     return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)

@@ -56,31 +56,42 @@ def _pixel_rays(image_size: int, focal_length_px: float, principal_point: float,
     return rays
 
 
-def _cast(vertices: np.ndarray, triangles: np.ndarray, rays: np.ndarray) -> dict[str, np.ndarray]:
-    scene = o3d.t.geometry.RaycastingScene()
+def _cast(vertices: np.ndarray, triangles: np.ndarray, rays: np.ndarray, threads: int = 0) -> dict[str, np.ndarray]:
+    """vertices (N, 3) float32, triangles (T, 3) uint32, rays (..., 6) float32 -> Open3D's t_hit (...),
+    primitive_ids (...) and primitive_uvs (..., 2), using `threads` threads (0: all cores)."""
+    scene = o3d.t.geometry.RaycastingScene(nthreads=threads)
     scene.add_triangles(o3d.core.Tensor.from_numpy(vertices), o3d.core.Tensor.from_numpy(triangles))
-    hits = scene.cast_rays(o3d.core.Tensor.from_numpy(rays))
+    hits = scene.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=threads)
     return {k: hits[k].numpy() for k in ("t_hit", "primitive_ids", "primitive_uvs")}
 
 
 def back_face_culled(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """The triangles (T', 3) whose front (counter-clockwise) side faces the camera at the origin.
+    """vertices (N, 3) float32 camera space, triangles (T, 3) int -> the triangles (T', 3), in their
+    order, whose front (counter-clockwise) side faces the camera at the origin.
 
     For an opaque closed surface the nearest hit is never a back face, so culling changes nothing but
     the cost; through a hole in an open mesh the background shows instead of the inside, which is what
-    the decoder's front-facing visibility assumes too."""
-    a, b, c = (vertices[triangles[:, k]] for k in range(3))
-    return triangles[np.einsum("ij,ij->i", np.cross(b - a, c - a), a + b + c) < 0]
+    the decoder's front-facing visibility assumes too. Facing: (b - a) x (c - a) . (a + b + c) < 0 in
+    float32, worked on (3, T) coordinate rows (contiguous loops, ~2x faster than np.cross and einsum
+    over (T, 3), with the same roundings in the same order)."""
+    rows = np.ascontiguousarray(vertices.T)  # (3, N)
+    a, b, c = (np.take(rows, triangles[:, k], axis=1) for k in range(3))  # (3, T) each
+    e1, e2 = b - a, c - a
+    normal = (e1[1] * e2[2] - e1[2] * e2[1], e1[2] * e2[0] - e1[0] * e2[2], e1[0] * e2[1] - e1[1] * e2[0])
+    centre = a + b + c  # three times the centroid
+    facing = normal[0] * centre[0] + normal[1] * centre[1] + normal[2] * centre[2] < 0
+    return np.take(triangles, np.flatnonzero(facing), axis=0)
 
 
 def render(vertices, triangles, colours, camera: PinholeCamera, background=None,
-           supersample: int = 1, cull_back_faces: bool = False) -> Rendered:
+           supersample: int = 1, cull_back_faces: bool = False, threads: int = 0) -> Rendered:
     """Ray-cast a triangle mesh with per-vertex colours through the pinhole camera.
 
     vertices: (N, 3) camera space, mm (numpy or torch; detached); triangles: (T, 3) int;
     colours: (N, 3) linear RGB; background: (H, W, 3) in [0, 1] or None (black);
     supersample: s casts s x s rays per pixel and averages them (anti-aliased edges);
-    cull_back_faces: drop triangles facing away from the camera first (faster; see back_face_culled).
+    cull_back_faces: drop triangles facing away from the camera first (faster; see back_face_culled);
+    threads: Open3D's threads (0: all cores; 1 where the caller renders several images in parallel).
     Colours are interpolated barycentrically inside the nearest triangle hit; returns Rendered.
     """
     size, s = camera.image_size, int(supersample)
@@ -88,10 +99,12 @@ def render(vertices, triangles, colours, camera: PinholeCamera, background=None,
         raise ValueError(f"supersample must be a positive integer, got {supersample}")
     verts = _as_numpy(vertices, np.float32)
     corner_index = _as_numpy(triangles, np.intp)  # numpy gathers fastest with intp indices
-    tris = corner_index.astype(np.uint32)  # what Open3D takes
     cols = _as_numpy(colours, np.float32)
     if verts.ndim != 2 or verts.shape[1] != 3 or cols.shape != verts.shape:
         raise ValueError(f"vertices {verts.shape} and colours {cols.shape} must both be (N, 3)")
+    if cull_back_faces:
+        corner_index = back_face_culled(verts, corner_index)  # the hits' primitive ids index the culled list
+    tris = corner_index.astype(np.uint32)  # what Open3D takes
     if background is None:
         bg = np.zeros((size, size, 3), dtype=np.float32)
     else:
@@ -99,9 +112,6 @@ def render(vertices, triangles, colours, camera: PinholeCamera, background=None,
         if bg.shape != (size, size, 3):
             raise ValueError(f"background is {bg.shape}, the camera needs ({size}, {size}, 3)")
     rays = _pixel_rays(size, float(camera.focal_length_px), float(camera.principal_point), s)
-    if cull_back_faces:
-        tris = np.ascontiguousarray(back_face_culled(verts, tris))
-        corner_index = tris.astype(np.intp)  # the hits' primitive ids index the culled list
 
     # Only rays inside the mesh's projected bounding box (+1 px) can hit it: cast those alone.
     full = size * s
@@ -109,29 +119,32 @@ def render(vertices, triangles, colours, camera: PinholeCamera, background=None,
     if len(tris) == 0 or not in_front.any():
         return Rendered(bg.copy(), np.zeros((size, size), bool), np.full((size, size), np.inf, np.float32))
     if in_front.all():
-        screen = camera.focal_length_px * verts[:, :2] / verts[:, 2:3] + camera.principal_point
-        lo = np.clip(np.floor(screen.min(0)) - 1, 0, size - 1).astype(int) * s
-        hi = (np.clip(np.ceil(screen.max(0)) + 1, 0, size - 1).astype(int) + 1) * s
+        # u and v apart: min / max over a contiguous axis are ~5x faster than over axis 0 of (N, 2)
+        u, v = (camera.focal_length_px * verts[:, k] / verts[:, 2] + camera.principal_point for k in (0, 1))
+        lo = np.clip(np.floor([u.min(), v.min()]) - 1, 0, size - 1).astype(int) * s
+        hi = (np.clip(np.ceil([u.max(), v.max()]) + 1, 0, size - 1).astype(int) + 1) * s
     else:  # some vertices behind the camera: the projection is unbounded, cast every ray
         lo, hi = np.array([0, 0]), np.array([full, full])
     box = (slice(lo[1], hi[1]), slice(lo[0], hi[0]))  # rows from v, columns from u
-    hits = _cast(verts, tris, np.ascontiguousarray(rays[box]))
+    hits = _cast(verts, tris, np.ascontiguousarray(rays[box]), threads)
 
     t_box = hits["t_hit"]
     hit_box = np.isfinite(t_box)
     hit_rays = np.flatnonzero(hit_box)
-    uv = hits["primitive_uvs"].reshape(-1, 2)[hit_rays]
+    uv = np.take(hits["primitive_uvs"].reshape(-1, 2), hit_rays, axis=0)
     weights = np.empty((len(hit_rays), 1, 3), dtype=np.float32)  # (1 - u - v, u, v) for corners a, b, c
     weights[:, 0, 1:] = uv
     weights[:, 0, 0] = 1.0 - uv[:, 0] - uv[:, 1]
-    corners = np.take(corner_index, hits["primitive_ids"].reshape(-1)[hit_rays], axis=0)  # (M, 3)
+    corners = np.take(corner_index, np.take(hits["primitive_ids"].reshape(-1), hit_rays), axis=0)  # (M, 3)
     colour_hit = np.matmul(weights, np.take(cols, corners, axis=0))[:, 0]  # (M, 3)
 
     depth_full = np.full((full, full), np.inf, dtype=np.float32)
     depth_full[box] = t_box
     if s == 1:
         image = bg.copy()
-        image[box][hit_box] = colour_hit  # image[box] is a view: fills the covered pixels in place
+        inside = bg[box].copy()  # contiguous, so that the hit rays index its pixels (faster than a mask)
+        inside.reshape(-1, 3)[hit_rays] = colour_hit
+        image[box] = inside
         return Rendered(image, np.isfinite(depth_full), depth_full)
 
     colour_full = np.zeros((full, full, 3), dtype=np.float32)
