@@ -290,7 +290,9 @@ def prepared(aflw_subset, ibug_dir, face_rgb, tmp_path_factory):
     sky = np.dstack([*np.meshgrid(np.linspace(80, 200, 320), np.linspace(120, 250, 240)), np.full((240, 320), 230.0)])
     _write_rgb(folder / "sky.jpg", sky.astype(np.uint8))
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" + bytes(range(256)) * 4)
-    for name in ("grey.png", "rgba.png", "deep.png", "sky.jpg", "corrupt.jpg", "missing.jpg"):
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(face_rgb, cv2.COLOR_RGB2BGR))
+    (folder / "truncated.jpg").write_bytes(jpeg.tobytes()[: len(jpeg) // 2])  # OpenCV decodes it, half grey
+    for name in ("grey.png", "rgba.png", "deep.png", "sky.jpg", "corrupt.jpg", "truncated.jpg", "missing.jpg"):
         samples.append(Sample(id=f"fixture/{name}", image_path=folder / name, source="fixture"))
     out = tmp_path_factory.mktemp("prepared") / "real"
     summary = prepare(samples, out, eval_fraction=0.3, split_seed=5, progress=False)
@@ -301,7 +303,7 @@ def test_prepare_writes_the_folder_format(prepared):
     out, summary, samples = prepared
     assert not out.with_name(out.name + ".partial").exists()
     n = summary["kept"]
-    assert n == len(samples) - 3  # all real photos and the grey/RGBA/16-bit conversions
+    assert n == len(samples) - 4  # all real photos and the grey/RGBA/16-bit conversions
     shapes = {"images": (n, 240, 240, 3), "landmarks": (n, 68, 2), "landmark_confidence": (n, 68),
               "gt_landmarks": (n, 68, 2), "transforms": (n, 2, 3)}
     for name, shape in shapes.items():
@@ -321,9 +323,11 @@ def test_prepare_prunes_with_reasons_and_keeps_conversions(prepared):
     assert by_id.loc["fixture/sky.jpg", "reason"] == "no face"
     assert by_id.loc["fixture/corrupt.jpg", "reason"] == "unreadable"
     assert by_id.loc["fixture/missing.jpg", "reason"] == "unreadable"
+    assert by_id.loc["fixture/truncated.jpg", "reason"] == "unreadable"
+    assert "truncated" in by_id.loc["fixture/truncated.jpg", "detail"]
     assert by_id.loc[["fixture/grey.png", "fixture/rgba.png", "fixture/deep.png"], "kept"].all()
     assert set(manifest.reason.dropna()) <= set(REASONS)
-    assert summary["dropped"] == {**dict.fromkeys(REASONS, 0), "no face": 1, "unreadable": 2}
+    assert summary["dropped"] == {**dict.fromkeys(REASONS, 0), "no face": 1, "unreadable": 3}
     kept = manifest[manifest.kept]
     assert kept["index"].tolist() == list(range(len(kept))) and (manifest[~manifest.kept]["index"] == -1).all()
     assert kept.box_source.eq("haar").all() and (kept.box_w >= 64).all()

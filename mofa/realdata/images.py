@@ -67,6 +67,7 @@ class FrameReader:
             pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if pixels is None:
                 raise UnreadableImage("OpenCV cannot decode the file")
+            check_complete(path)  # OpenCV fills the missing part of a truncated JPEG with grey, silently
             return to_rgb8(pixels)
         return to_rgb8(self._frame(path, frame_index))
 
