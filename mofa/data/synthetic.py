@@ -292,12 +292,12 @@ def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, ca
                    seed: int, dist: CodeDistribution, render_region: str = "face_head",
                    background_mix: dict[str, float] | None = None, background_folder: str | None = None,
                    supersample: int = 1, image_noise_std: float = 0.01, batch_size: int = 32,
-                   workers: int = 2, progress: bool = True, ambient_offset: float = AMBIENT_OFFSET) -> dict:
+                   workers: int = 0, progress: bool = True, ambient_offset: float = AMBIENT_OFFSET) -> dict:
     """Render n samples of one split into out_dir/<split>; returns the manifest dict.
 
     batch_size: codes decoded together, the chunk a process claims at a time; workers: processes that
-    generate samples, this one included (1: this one alone, with every core for Open3D); neither
-    changes the data. ambient_offset: the SH light's ambient offset (the config's light.ambient_offset,
+    generate samples, this one included (0: one per usable core; 1: this one alone, with every core for
+    Open3D); neither changes the data. ambient_offset: the SH light's ambient offset (the config's light.ambient_offset,
     as the training decoder uses)."""
     if split not in SPLIT_IDS:
         raise MofaError(f"synthetic split must be one of {sorted(SPLIT_IDS)}, got '{split}'")
@@ -321,6 +321,7 @@ def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, ca
                   supersample, image_noise_std)
     start = time.perf_counter()
     bar = tqdm(total=n, desc=f"synthetic {split}", unit="img", disable=not progress, leave=False)
+    workers = workers or len(os.sched_getaffinity(0))
     rows = _write_all(spec, n, batch_size, max(1, min(workers, -(-n // batch_size))), bar)  # <= 1 per batch
     bar.close()
     seconds = time.perf_counter() - start
@@ -379,7 +380,7 @@ def generate(cfg: dict, model: FaceModel, camera: PinholeCamera, out_dir: str | 
     common = dict(model=model, camera=camera, seed=int(syn["seed"]), dist=dist,
                   render_region=syn["render_region"], background_mix=syn["background_mix"],
                   background_folder=folder, supersample=int(syn["supersample"]),
-                  image_noise_std=float(syn["image_noise_std"]), workers=int(syn["workers"]) or len(os.sched_getaffinity(0)), progress=progress,
+                  image_noise_std=float(syn["image_noise_std"]), workers=int(syn["workers"]), progress=progress,
                   ambient_offset=float(cfg["light"]["ambient_offset"]))
     return {split: generate_split(out_dir, split, int(syn[f"n_{split}"]), **common) for split in ("train", "test")}
 

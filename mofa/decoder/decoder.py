@@ -51,7 +51,6 @@ class Decoder(torch.nn.Module):
         self.register_buffer("mean_shape", as_t(model.mean_shape))
         # shape and expression modes in one (Ks + Ke, N, 3) buffer: geometry is one matrix product
         self.register_buffer("geometry_basis", as_t(np.concatenate([model.shape_basis, model.expression_basis], 0)))
-        self.n_shape = len(model.shape_basis)
         self.register_buffer("mean_reflectance", as_t(model.mean_reflectance))
         self.register_buffer("reflectance_basis", as_t(model.reflectance_basis))
         self.register_buffer("triangles", torch.as_tensor(model.triangles, dtype=torch.int64))
@@ -61,12 +60,12 @@ class Decoder(torch.nn.Module):
     @property
     def shape_basis(self) -> torch.Tensor:
         """(Ks, N, 3) identity modes, mm (a view of geometry_basis)."""
-        return self.geometry_basis[:self.n_shape]
+        return self.geometry_basis[:self.layout.n_shape]
 
     @property
     def expression_basis(self) -> torch.Tensor:
         """(Ke, N, 3) expression modes, mm (a view of geometry_basis)."""
-        return self.geometry_basis[self.n_shape:]
+        return self.geometry_basis[self.layout.n_shape:]
 
     @property
     def code_size(self) -> int:
