@@ -26,6 +26,16 @@ def log_path(cfg: Mapping, stage: str) -> Path:
     return results_dir(cfg) / "logs" / f"{stage}.log"
 
 
+def result_files(cfg: Mapping, stage: str, figure: bool = True) -> dict[str, Path]:
+    """A stage's standard outputs named after it: tables/<stage>.csv and .md, figures/<stage>.png (with
+    figure) and metrics/<stage>.json under results/<preset>/."""
+    root = results_dir(cfg)
+    files = {"table": root / "tables" / f"{stage}.csv", "table_md": root / "tables" / f"{stage}.md"}
+    if figure:
+        files["figure"] = root / "figures" / f"{stage}.png"
+    return {**files, "metrics": root / "metrics" / f"{stage}.json"}
+
+
 def benchmark_path(cfg: Mapping, stage: str) -> Path:
     """results/<preset>/benchmarks/<stage>.tsv (Snakemake's benchmark: wall time and memory)"""
     return results_dir(cfg) / "benchmarks" / f"{stage}.tsv"

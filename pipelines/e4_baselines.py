@@ -46,10 +46,7 @@ log = logging.getLogger(f"mofa.stage.{NAME}")
 
 
 def outputs(cfg: Mapping) -> dict[str, Path]:
-    root = results_dir(cfg)
-    return {"table": root / "tables" / "e4_baselines.csv", "table_md": root / "tables" / "e4_baselines.md",
-            "per_image": root / "tables" / "e4_per_image.csv", "figure": root / "figures" / "e4_baselines.png",
-            "metrics": root / "metrics" / "e4_baselines.json"}
+    return {**_stage.result_files(cfg, NAME), "per_image": results_dir(cfg) / "tables" / "e4_per_image.csv"}
 
 
 def trained_encoders(cfg: Mapping) -> list[tuple[str, str, Path]]:

@@ -43,10 +43,8 @@ def run_dir(cfg: Mapping) -> Path:
 
 
 def outputs(cfg: Mapping) -> dict[str, Path]:
-    root = results_dir(cfg)
     return {"weights": run_dir(cfg) / "conv_autoencoder.pt", "losses": run_dir(cfg) / "losses.csv",
-            "table": root / "tables" / f"{NAME}.csv", "table_md": root / "tables" / f"{NAME}.md",
-            "figure": root / "figures" / f"{NAME}.png", "metrics": root / "metrics" / f"{NAME}.json"}
+            **_stage.result_files(cfg, NAME)}
 
 
 def scores(outputs_by_method: Mapping[str, np.ndarray], target: np.ndarray, region: np.ndarray) -> dict[str, dict]:

@@ -43,10 +43,8 @@ def run_dir(cfg: Mapping) -> Path:
 
 
 def outputs(cfg: Mapping) -> dict[str, Path]:
-    root = results_dir(cfg)
     return {"weights": run_dir(cfg) / "learned_decoder.pt", "losses": run_dir(cfg) / "losses.csv",
-            "table": root / "tables" / f"{NAME}.csv", "table_md": root / "tables" / f"{NAME}.md",
-            "figure": root / "figures" / f"{NAME}.png", "metrics": root / "metrics" / f"{NAME}.json"}
+            **_stage.result_files(cfg, NAME)}
 
 
 def fidelity_rows(per_image: Mapping[str, Mapping[str, np.ndarray]], facts: Mapping[str, dict]) -> pd.DataFrame:

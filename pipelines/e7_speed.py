@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mofa.config import camera_from_config, results_dir, select_device
+from mofa.config import camera_from_config, select_device
 from pipelines import _stage
 
 NAME = "e7_speed"
@@ -25,9 +25,7 @@ log = logging.getLogger(f"mofa.stage.{NAME}")
 
 
 def outputs(cfg: Mapping) -> dict[str, Path]:
-    root = results_dir(cfg)
-    return {"table": root / "tables" / "e7_speed.csv", "table_md": root / "tables" / "e7_speed.md",
-            "metrics": root / "metrics" / "e7_speed.json"}
+    return _stage.result_files(cfg, NAME, figure=False)
 
 
 def run(cfg: dict) -> dict:
