@@ -105,16 +105,11 @@ def default_checkpoint(results_root: str | Path = "results/default") -> Path:
 
 
 def read_photo(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from any image OpenCV reads (grey, RGBA and 16-bit converted)."""
-    from mofa.realdata.images import UnreadableImage, check_complete, to_rgb8
-    if not path.is_file():
-        raise MofaError(f"{path}: no such file")
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.size == 0:
-        raise MofaError(f"{path}: not a readable image (corrupt, truncated or not an image format)")
+    """(H, W, 3) uint8 RGB from any image OpenCV reads (grey, RGBA and 16-bit converted; truncated
+    files refused), as real-data preparation reads them."""
+    from mofa.realdata.images import FrameReader, UnreadableImage
     try:
-        check_complete(path)
-        return to_rgb8(pixels)
+        return FrameReader().read(path)
     except UnreadableImage as exc:
         raise MofaError(f"{path}: {exc}") from None
 

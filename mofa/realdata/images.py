@@ -65,8 +65,8 @@ class FrameReader:
             raise UnreadableImage("no such file")
         if frame_index is None:
             pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if pixels is None:
-                raise UnreadableImage("OpenCV cannot decode the file")
+            if pixels is None or pixels.size == 0:
+                raise UnreadableImage("not a readable image (corrupt, truncated or not an image format)")
             check_complete(path)  # OpenCV fills the missing part of a truncated JPEG with grey, silently
             return to_rgb8(pixels)
         return to_rgb8(self._frame(path, frame_index))
