@@ -57,6 +57,26 @@ def geometric_error(pred_vertices, true_vertices, vertex_mask=None) -> np.ndarra
     return np.linalg.norm(aligned[:, mask] - true[:, mask], axis=-1).mean(1)
 
 
+
+def rotation_error(pred_rotations, true_rotations) -> np.ndarray:
+    """Geodesic angle (degrees) between estimated and true head rotations: the angle of
+    R_pred^T R_true. pred_rotations, true_rotations: (B, 3, 3) rotation matrices -> (B,) in [0, 180].
+
+    Unlike `geometric_error` it isolates pose: a face turned away from the camera shows here even where
+    shape and scale absorb part of it in the point distances.
+    """
+    pred, true = _np(pred_rotations), _np(true_rotations)
+    trace = np.einsum("bji,bji->b", pred, true)  # trace(pred^T true)
+    return np.degrees(np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0)))
+
+
+def angle_errors(pred_angles, true_angles) -> np.ndarray:
+    """Absolute per-angle differences (degrees, wrapped to [0, 180]) of Euler angles, e.g. the code's
+    (pitch, yaw, roll). pred_angles, true_angles: (B, K) radians -> (B, K) degrees. Says which axis a
+    pose error is in; `rotation_error` is the parameterisation-free measure."""
+    diff = np.degrees(_np(pred_angles) - _np(true_angles))
+    return np.abs((diff + 180.0) % 360.0 - 180.0)
+
 # -- images ---------------------------------------------------------------------------------------------
 
 def photometric_error(rendered, target, mask) -> np.ndarray:

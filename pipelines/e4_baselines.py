@@ -39,9 +39,9 @@ SOURCES = ("config/schema.yaml", "mofa", "baselines/__init__.py", "baselines/gau
 GN_LAND, GN_NOLAND, MEAN_FACE = "Gauss-Newton with landmarks", "Gauss-Newton without landmarks", "mean face (start)"
 # The metric that decides whether a fit failed, per dataset: geometry where it is known.
 FAILURE_METRIC = {"synthetic": "geometric_error", "real": "landmark_error"}
-METRICS = {"synthetic": ("geometric_error", "photometric_error", "landmark_error"),
+METRICS = {"synthetic": ("geometric_error", "photometric_error", "landmark_error", "rotation_error"),
            "real": ("landmark_error", "photometric_error", "nme")}
-ALL_METRICS = ("geometric_error", "photometric_error", "landmark_error", "nme")
+ALL_METRICS = ("geometric_error", "photometric_error", "landmark_error", "rotation_error", "nme")
 log = logging.getLogger(f"mofa.stage.{NAME}")
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mofa.landmarks import IBUG_GROUPS, LANDMARKS_46, select_46
-from mofa.metrics import (geometric_error, landmark_error, nme_aflw2000, nme_table, photometric_error,
-                          similarity_align, summarise, yaw_bins)
+from mofa.metrics import (angle_errors, geometric_error, landmark_error, nme_aflw2000, nme_table, photometric_error,
+                          rotation_error, similarity_align, summarise, yaw_bins)
 
 
 # -- the 46-point subset --------------------------------------------------------------------------------
@@ -48,6 +48,23 @@ def test_rotation_is_not_compensated():
     pred = 2.5 * true @ rot.T + np.array([10.0, -4.0, 7.0])  # also scaled and shifted: no effect
     np.testing.assert_allclose(geometric_error(pred, true), [math.sin(theta)], rtol=1e-12)
     np.testing.assert_allclose(geometric_error(pred * 20, true * 20), [20 * math.sin(theta)], rtol=1e-12)
+
+
+def test_rotation_error_is_scipys_relative_rotation_angle():
+    from scipy.spatial.transform import Rotation
+    pred, true = Rotation.random(64, random_state=3), Rotation.random(64, random_state=4)
+    expected = np.degrees((pred.inv() * true).magnitude())
+    np.testing.assert_allclose(rotation_error(pred.as_matrix(), true.as_matrix()), expected, atol=1e-6)
+    # a known turn about one axis, and none
+    turn = Rotation.from_euler("y", 25.0, degrees=True) * true
+    np.testing.assert_allclose(rotation_error(turn.as_matrix(), true.as_matrix()), 25.0, atol=1e-6)
+    np.testing.assert_allclose(rotation_error(torch.as_tensor(true.as_matrix()), true.as_matrix()), 0.0, atol=1e-5)
+
+
+def test_angle_errors_wrap_around():
+    pred = np.radians([[179.0, 10.0, -30.0]])
+    true = np.radians([[-179.0, 4.0, 30.0]])
+    np.testing.assert_allclose(angle_errors(pred, true), [[2.0, 6.0, 60.0]], atol=1e-9)
 
 
 def test_geometric_error_vertex_mask_limits_fit_and_mean():

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 N_ROTATION = 3
+ANGLES = ("pitch", "yaw", "roll")  # the rotation entries, in code order (radians)
 N_TRANSLATION = 3
 N_SH_BANDS = 9
 N_LIGHT = 3 * N_SH_BANDS

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from mofa import metrics
-from mofa.decoder import Decoder, DecodedFace
+from mofa.decoder import Decoder, DecodedFace, euler_to_matrix
+from mofa.decoder.layout import ANGLES
 from mofa.render.raycast import render
 from mofa.training.trainer import predict_codes
 
@@ -56,10 +57,16 @@ def mean_and_median(per_image: dict[str, np.ndarray]) -> dict[str, float]:
 
 def synthetic_metrics(decoder: Decoder, codes: torch.Tensor, batch: dict) -> dict[str, np.ndarray]:
     """Per-image errors of codes (B, D) on a synthetic batch (SyntheticSet.batch): geometric error (mm,
-    face region, after translation and isotropic scale), photometric error, landmark error (46 points, px)."""
+    face region, after translation and isotropic scale), photometric error, landmark error (46 points,
+    px), and the pose on its own: rotation error (geodesic, deg) and pitch, yaw and roll errors (deg)."""
     decoded = decode(decoder, codes)
+    rot = decoder.layout.slices["rotation"]
+    pred_angles, true_angles = codes[:, rot].cpu(), batch["codes"][:, rot].to(codes.dtype).cpu()
+    axes = metrics.angle_errors(pred_angles, true_angles)
     return {"geometric_error": metrics.geometric_error(decoded.vertices.cpu().numpy(), batch["vertices"].numpy()),
-            **image_metrics(decoder, decoded, batch["images"], batch["landmarks"])}
+            **image_metrics(decoder, decoded, batch["images"], batch["landmarks"]),
+            "rotation_error": metrics.rotation_error(euler_to_matrix(pred_angles), euler_to_matrix(true_angles)),
+            **{f"{name}_error": axes[:, i] for i, name in enumerate(ANGLES)}}
 
 
 def real_metrics(decoder: Decoder, codes: torch.Tensor, batch: dict) -> dict[str, np.ndarray]:
