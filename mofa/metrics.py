@@ -57,7 +57,6 @@ def geometric_error(pred_vertices, true_vertices, vertex_mask=None) -> np.ndarra
     return np.linalg.norm(aligned[:, mask] - true[:, mask], axis=-1).mean(1)
 
 
-
 def rotation_error(pred_rotations, true_rotations) -> np.ndarray:
     """Geodesic angle (degrees) between estimated and true head rotations: the angle of
     R_pred^T R_true. pred_rotations, true_rotations: (B, 3, 3) rotation matrices -> (B,) in [0, 180].
@@ -76,6 +75,7 @@ def angle_errors(pred_angles, true_angles) -> np.ndarray:
     pose error is in; `rotation_error` is the parameterisation-free measure."""
     diff = np.degrees(_np(pred_angles) - _np(true_angles))
     return np.abs((diff + 180.0) % 360.0 - 180.0)
+
 
 # -- images ---------------------------------------------------------------------------------------------
 

@@ -32,11 +32,9 @@ def run_dir(cfg: Mapping) -> Path:
 
 
 def outputs(cfg: Mapping) -> dict[str, Path]:
-    root = results_dir(cfg)
     return {"encoder": run_dir(cfg) / "encoder.pt", "curves": run_dir(cfg) / "metrics.csv",
-            "table": root / "tables" / "e1_synthetic.csv", "table_md": root / "tables" / "e1_synthetic.md",
-            "figure": root / "figures" / "e1_synthetic_curves.png",
-            "metrics": root / "metrics" / "e1_synthetic.json"}
+            **_stage.result_files(cfg, NAME, figure=False),
+            "figure": results_dir(cfg) / "figures" / "e1_synthetic_curves.png"}
 
 
 def summary_table(curves: pd.DataFrame, encoder: str) -> pd.DataFrame:
