@@ -1,9 +1,13 @@
 """How far the photometric loss alone takes a face from the mean face: each synthetic test image's code
 is fitted directly (no encoder) with Adam under a coarse-to-fine blur schedule, with the training loss
 of the config (landmark term off). The result bounds what photometric-only training (E1) can reach from
-the zero code in the same loss landscape.
+the zero code in the same loss landscape. `--light-first N` first fits the light alone for N steps
+(at the first blur sigma) and then everything: from the mean face the pose gradient is mostly noise
+until the light matches the image.
 
     python -m baselines.photometric_basin --config default --images 16 --blur 4,0 --blur 0
+    python -m baselines.photometric_basin --config default --images 32 --blur 4,0 --light-first 0,100
+    python -m baselines.photometric_basin --config default --images 200 --directions 4
 """
 from __future__ import annotations
 
@@ -21,18 +25,73 @@ from mofa.training.trainer import gaussian_blur
 
 
 def fit_codes(decoder: Decoder, images: torch.Tensor, weights: LossWeights, blur_px: tuple[float, ...],
-              steps: int = 300, lr: float = 0.02) -> torch.Tensor:
+              steps: int = 300, lr: float = 0.02, light_first: int = 0) -> torch.Tensor:
     """Codes (B, D) fitted to images (B, 3, S, S) from zero by Adam on the photometric loss; the steps
-    are split evenly over the blur sigmas (px), coarse first."""
-    code = torch.zeros(len(images), decoder.code_size, requires_grad=True)
+    are split evenly over the blur sigmas (px), coarse first. light_first: steps before those that
+    fit only the light entries (at the first sigma), the rest held at the mean face."""
+    code = torch.zeros(len(images), decoder.code_size)
+    if light_first > 0:
+        light = torch.zeros(decoder.code_size, dtype=torch.bool)
+        light[decoder.layout.slices["light"]] = True
+        code = _adam(decoder, code, images, weights, (blur_px[0],), light_first, lr, only=light)
+    return _adam(decoder, code, images, weights, blur_px, steps, lr)
+
+
+def _adam(decoder: Decoder, start: torch.Tensor, images: torch.Tensor, weights: LossWeights,
+          blur_px: tuple[float, ...], steps: int, lr: float, only: torch.Tensor | None = None) -> torch.Tensor:
+    code = start.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([code], lr=lr)
     for k in range(steps):
         sigma = blur_px[min(len(blur_px) - 1, k * len(blur_px) // steps)]
         terms = mofa_loss(decoder, code, gaussian_blur(images, sigma), weights=weights)
         optimiser.zero_grad()
         (terms.total * len(images)).backward()  # per-image sum: each code's step ignores the batch size
+        if only is not None:
+            code.grad[:, ~only] = 0
         optimiser.step()
     return code.detach()
+
+
+POSE_ENTRIES = ("pitch", "yaw", "roll", "tx", "ty", "tz")
+
+
+def pose_index(decoder: Decoder, entry: str) -> int:
+    """Column of a pose entry (POSE_ENTRIES) in the code."""
+    slices = decoder.layout.slices
+    if entry in ("tx", "ty", "tz"):
+        return slices["translation"].start + "xyz".index(entry[1])
+    return slices["rotation"].start + ("pitch", "yaw", "roll").index(entry)
+
+
+def gradient_agreement(decoder: Decoder, codes: torch.Tensor, truth: torch.Tensor, images: torch.Tensor,
+                       weights: LossWeights, sigma: float = 0.0) -> dict[str, float]:
+    """Per pose entry, the share of images whose photometric loss gradient at `codes` (B, D) points
+    towards `truth` (B, D): descending it would move that entry the right way. Images where the entry is
+    already exact are left out (NaN when none is left)."""
+    code = codes.clone().requires_grad_(True)
+    terms = mofa_loss(decoder, code, gaussian_blur(images, sigma), weights=weights)
+    (grad,) = torch.autograd.grad(terms.total, code)
+    shares = {}
+    for entry in POSE_ENTRIES:
+        k = pose_index(decoder, entry)
+        towards, needed = torch.sign(-grad[:, k]), torch.sign(truth[:, k] - codes[:, k])
+        moving = needed != 0
+        shares[entry] = float((towards[moving] == needed[moving]).float().mean()) if moving.any() else float("nan")
+    return shares
+
+
+def agreement_starts(decoder: Decoder, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Starting codes for gradient_agreement: the mean face, and the mean face given the true light,
+    the true reflectance, or both (pose, shape and expression always at the mean)."""
+    slices = decoder.layout.slices
+    starts = {}
+    for label, parts in (("mean face", ()), ("true light", ("light",)), ("true reflectance", ("reflectance",)),
+                         ("true light and reflectance", ("light", "reflectance"))):
+        code = torch.zeros_like(truth)
+        for part in parts:
+            code[:, slices[part]] = truth[:, slices[part]]
+        starts[label] = code
+    return starts
 
 
 def summary(decoder: Decoder, codes: torch.Tensor, batch: dict) -> dict[str, float]:
@@ -56,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--blur", action="append", default=None,
                    help="comma-separated blur sigmas in px, coarse to fine; repeat for several schedules (default 0 and 4,0)")
+    p.add_argument("--directions", type=float, default=None, metavar="SIGMA",
+                   help="instead of fitting: the share of images whose loss gradient (blur SIGMA px) points each "
+                        "pose entry towards the truth, from the mean face and with the true light and/or reflectance")
+    p.add_argument("--light-first", default="0",
+                   help="comma-separated light-only step counts before each schedule; every schedule runs with each (default 0)")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -66,12 +130,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     batch = test.batch(np.arange(min(args.images, len(test))))
     weights = loss_weights(cfg, landmarks=False)
+    if args.directions is not None:
+        truth = batch["codes"].float()
+        print(f"{len(truth)} synthetic test images: share whose loss gradient (blur {args.directions:g} px) "
+              "points towards the true value, per pose entry")
+        for label, start in agreement_starts(decoder, truth).items():
+            shares = gradient_agreement(decoder, start, truth, batch["images"], weights, args.directions)
+            print(f"  {label:28s}", "  ".join(f"{k} {v:4.0%}" for k, v in shares.items()), flush=True)
+        return 0
     print(f"{len(batch['images'])} synthetic test images, {args.steps} Adam steps per schedule")
     print("start (mean face):", summary(decoder, torch.zeros_like(batch["codes"]), batch))
+    try:
+        light_steps = [int(v) for v in args.light_first.split(",")]
+    except ValueError:
+        p.error(f"--light-first: expected comma-separated step counts, got {args.light_first!r}")
     for schedule in args.blur or ["0", "4,0"]:
         sigmas = tuple(float(s) for s in schedule.split(","))
-        codes = fit_codes(decoder, batch["images"], weights, sigmas, args.steps)
-        print(f"blur {sigmas}:", {k: round(v, 2) for k, v in summary(decoder, codes, batch).items()}, flush=True)
+        for n_light in light_steps:
+            codes = fit_codes(decoder, batch["images"], weights, sigmas, args.steps, light_first=n_light)
+            label = f"blur {sigmas}" + (f", light alone first for {n_light} steps" if n_light else "")
+            print(f"{label}:", {k: round(v, 2) for k, v in summary(decoder, codes, batch).items()}, flush=True)
     return 0
 
 

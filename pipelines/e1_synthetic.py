@@ -53,12 +53,16 @@ def summary_table(curves: pd.DataFrame, encoder: str) -> pd.DataFrame:
 
 
 def warmup_note(cfg: Mapping) -> str:
-    """What the title says when E1 is not landmark-free from the first iteration."""
-    f = cfg["e1"]["landmark_warmup"]
-    if not f:
-        return ""
-    return (f"; NOT the paper's landmark-free run: landmark warm-up, the landmark term falls from "
-            f"{cfg['loss']['land']:g} to 0 over the first {round(f * cfg['e1']['iterations'])} iterations")
+    """What the title says when E1 is not landmark-free from the first iteration, or trains the light
+    alone first."""
+    f, light = cfg["e1"]["landmark_warmup"], cfg["training"]["light_first"]
+    note = ""
+    if light:
+        note += f"; only the light trained for the first {round(light * cfg['e1']['iterations'])} iterations"
+    if f:
+        note += (f"; NOT the paper's landmark-free run: landmark warm-up, the landmark term falls from "
+                 f"{cfg['loss']['land']:g} to 0 over the first {round(f * cfg['e1']['iterations'])} iterations")
+    return note
 
 
 def run(cfg: dict) -> dict:

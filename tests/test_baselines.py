@@ -320,3 +320,44 @@ def test_photometric_basin_fit_reaches_the_rendered_images(cap_model):
     stats = summary(decoder, codes, batch)
     assert set(stats) == {"geometric_mm", "landmark_px", "yaw_deg", "pitch_deg"}
     assert all(np.isfinite(v) for v in stats.values())
+
+
+def test_photometric_basin_light_first_moves_only_the_light(cap_model):
+    """fit_codes(light_first=N, steps=0): the light-only stage changes the light entries alone and lowers
+    the loss; with steps after it, the other entries move as well."""
+    from baselines.photometric_basin import fit_codes
+
+    decoder = Decoder(cap_model, CAMERA)
+    truth = true_codes(decoder.layout)
+    images = rendered_images(decoder, cap_model, truth)
+    weights = LossWeights()
+    light = decoder.layout.slices["light"]
+    codes = fit_codes(decoder, images, weights, blur_px=(0.0,), steps=0, light_first=30)
+    others = torch.ones(decoder.code_size, dtype=torch.bool)
+    others[light] = False
+    assert torch.all(codes[:, others] == 0)
+    assert codes[:, light].abs().max() > 0
+    zero = torch.zeros_like(truth)
+    assert mofa_loss(decoder, codes, images, weights=weights).total < mofa_loss(decoder, zero, images, weights=weights).total
+    both = fit_codes(decoder, images, weights, blur_px=(0.0,), steps=5, light_first=30)
+    assert both[:, others].abs().max() > 0
+
+
+def test_gradient_agreement_points_back_to_a_shifted_face(cap_model):
+    """From the true code with the face shifted a little in x and y, the loss gradient points both
+    translation entries back to the truth on every image; entries already exact are left out."""
+    from baselines.photometric_basin import agreement_starts, gradient_agreement, pose_index
+
+    decoder = Decoder(cap_model, CAMERA)
+    truth = true_codes(decoder.layout)
+    images = rendered_images(decoder, cap_model, truth)
+    shifted = truth.clone()
+    shifted[:, pose_index(decoder, "tx")] += torch.tensor([0.15, -0.15])
+    shifted[:, pose_index(decoder, "ty")] += torch.tensor([-0.15, 0.15])
+    shares = gradient_agreement(decoder, shifted, truth, images, LossWeights())
+    assert shares["tx"] == 1.0 and shares["ty"] == 1.0
+    assert np.isnan(shares["yaw"])  # exact already
+    starts = agreement_starts(decoder, truth)
+    light = decoder.layout.slices["light"]
+    assert torch.equal(starts["true light"][:, light], truth[:, light])
+    assert torch.all(starts["mean face"] == 0)

@@ -14,7 +14,8 @@ from mofa.encoders import build_encoder
 from mofa.errors import MofaError
 from mofa.losses import LossWeights, mofa_loss
 from mofa.training.evaluate import synthetic_evaluator
-from mofa.training.trainer import CHECKPOINT, FINAL, METRICS, TrainSettings, encoder_input, landmark_weight, train
+from mofa.training.trainer import (CHECKPOINT, FINAL, METRICS, TrainSettings, blur_sigma, encoder_input, landmark_weight,
+                                   train)
 
 CAMERA = PinholeCamera()
 
@@ -125,3 +126,36 @@ def test_landmark_weight_schedules():
     # Falls linearly from 2 at iteration 1 to 0 at iteration 6 (half of 10), then stays 0.
     assert [landmark_weight(warmup, 2.0, it) for it in (1, 2, 6, 7, 10)] == pytest.approx([2.0, 1.6, 0.0, 0.0, 0.0])
     assert landmark_weight(warmup, 0.0, 1) == 0.0  # a run without landmarks stays without
+
+
+def test_light_first_trains_only_the_light_outputs(setup, tmp_path):
+    """With light_first covering the whole run, every output but the light stays at the zero-initialised
+    head's 0 (the mean face), while the light outputs move."""
+    _, decoder, train_set, _ = setup
+    encoder = fresh_encoder(decoder)
+    settings = dataclasses.replace(SETTINGS, iterations=4, eval_at=(), light_first=1.0)
+    train(tmp_path, encoder, decoder, train_set, settings, LossWeights())
+    encoder.eval()
+    with torch.no_grad():
+        code = encoder(encoder_input(train_set.batch(np.arange(4))["images"], 64))
+    light = decoder.layout.slices["light"]
+    others = torch.ones(decoder.code_size, dtype=torch.bool)
+    others[light] = False
+    assert torch.all(code[:, others] == 0)
+    assert code[:, light].abs().max() > 0
+
+
+def test_blur_schedule_starts_after_the_light_only_steps():
+    plain = TrainSettings(iterations=100, blur_sigma_px=4.0, blur_until=0.5)
+    assert [blur_sigma(plain, it) for it in (1, 26, 51, 100)] == [4.0, 2.0, 0.0, 0.0]
+    staged = dataclasses.replace(plain, light_first=0.2)  # 20 light-only steps, then 40 of blur decay
+    assert [blur_sigma(staged, it) for it in (1, 20, 21, 41, 61, 100)] == [4.0, 4.0, 4.0, 2.0, 0.0, 0.0]
+
+
+def test_e1_title_says_when_the_light_trains_alone_first():
+    from mofa.config import load_config
+    from pipelines.e1_synthetic import warmup_note
+
+    assert warmup_note(load_config("ci")) == ""
+    cfg = load_config("ci", {"training.light_first": 0.25, "e1.iterations": 40})
+    assert warmup_note(cfg) == "; only the light trained for the first 10 iterations"

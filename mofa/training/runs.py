@@ -44,7 +44,7 @@ def settings_for(cfg: Mapping, iterations: int, n_evals: int, progress: bool = T
                          rho=tr["rho"], eps=tr["eps"], eval_at=tuple(range(step, iterations + 1, step)),
                          checkpoint_every=tr["checkpoint_every"], input_size=tr["input_size"],
                          seed=cfg["seed"], land_decay_to=tr["land_decay_to"], land_until=land_until, blur_sigma_px=tr["blur_sigma_px"],
-                         blur_until=tr["blur_until"], progress=progress)
+                         blur_until=tr["blur_until"], light_first=tr["light_first"], progress=progress)
 
 
 def loss_weights(cfg: Mapping, landmarks: bool) -> LossWeights:

@@ -42,7 +42,9 @@ class TrainSettings:
     encoder (the loss always sees the full crop); land_decay_to: landmark weight at the last
     iteration (linear decay from the loss weight's value; None keeps it constant); land_until: with
     a value f in (0, 1], the landmark weight instead falls linearly from its value to 0 at iteration
-    f * iterations and stays 0 after (a warm-up for otherwise landmark-free runs)."""
+    f * iterations and stays 0 after (a warm-up for otherwise landmark-free runs); light_first: the
+    first light_first * iterations steps train only the light outputs (the rest of the code is used but
+    gets no gradient), and the blur schedule starts after them."""
     iterations: int
     batch_size: int = 5
     lr: float = 0.1
@@ -57,6 +59,7 @@ class TrainSettings:
     land_until: float | None = None
     blur_sigma_px: float = 0.0
     blur_until: float = 0.5
+    light_first: float = 0.0
     progress: bool = True
 
     def eval_points(self) -> list[int]:
@@ -75,6 +78,18 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
     out = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def blur_sigma(settings: TrainSettings, it: int) -> float:
+    """The loss's blur (px) at iteration `it` (1-based): blur_sigma_px through the light-only steps, then
+    falling linearly to 0 over blur_until of the remaining iterations."""
+    first = light_only_steps(settings)
+    span = max(1.0, settings.blur_until * (settings.iterations - first))
+    return settings.blur_sigma_px * max(0.0, 1.0 - max(0, it - 1 - first) / span)
+
+
+def light_only_steps(settings: TrainSettings) -> int:
+    return int(round(settings.light_first * settings.iterations))
 
 
 def encoder_input(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -165,6 +180,8 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
     if n < settings.batch_size:
         raise MofaError(f"training data has {n} images, fewer than the batch size {settings.batch_size}")
     base_land = weights.land
+    light = torch.zeros(decoder.code_size, dtype=torch.bool, device=device)
+    light[decoder.layout.slices["light"]] = True
     if start_it == 0 and 0 in eval_points and evaluate is not None:
         rows.append({"iteration": 0, "seconds": 0.0, **evaluate(encoder)})
         atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
@@ -178,8 +195,11 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
         batch = data.batch(rng.choice(n, settings.batch_size, replace=False), device)
         w = dataclasses.replace(weights, land=landmark_weight(settings, base_land, it))
         code = encoder(encoder_input(batch["images"], settings.input_size))
+        if it <= light_only_steps(settings):
+            # from the mean face the pose gradient is mostly noise until the light matches the image
+            code = torch.where(light, code, code.detach())
         use_landmarks = w.land > 0 and "landmarks" in batch
-        sigma = settings.blur_sigma_px * max(0.0, 1.0 - (it - 1) / max(1.0, settings.blur_until * settings.iterations))
+        sigma = blur_sigma(settings, it)
         terms = mofa_loss(decoder, code, gaussian_blur(batch["images"], sigma), batch.get("landmarks") if use_landmarks else None,
                           batch.get("landmark_confidence") if use_landmarks else None,
                           w if use_landmarks else dataclasses.replace(w, land=0.0))
