@@ -55,7 +55,7 @@ def summary_table(curves: pd.DataFrame, encoder: str) -> pd.DataFrame:
 def warmup_note(cfg: Mapping) -> str:
     """What the title says when E1 is not landmark-free from the first iteration, or trains the light
     alone first."""
-    f, light = cfg["e1"]["landmark_warmup"], cfg["training"]["light_first"]
+    f, light = cfg["e1"]["landmark_warmup"], cfg["e1"]["light_first"]
     note = ""
     if light:
         note += f"; only the light trained for the first {round(light * cfg['e1']['iterations'])} iterations"
@@ -83,7 +83,7 @@ def run(cfg: dict) -> dict:
                                    "data": [train_set.manifest, test_set.manifest]})
     curves, encoder = run_training(cfg, run_dir(cfg), model, e1["encoder"], train_set, evaluate,
                                    e1["iterations"], e1["evaluations"], landmarks=False,
-                                   landmark_warmup=e1["landmark_warmup"])
+                                   landmark_warmup=e1["landmark_warmup"], light_first=e1["light_first"])
     table = summary_table(curves, e1["encoder"])
     write_table(table, out["table"], out["table_md"], cfg,
                 title=f"E1 (Fig. 10): {e1['encoder']} without landmarks, synthetic test set "

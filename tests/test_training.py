@@ -157,5 +157,5 @@ def test_e1_title_says_when_the_light_trains_alone_first():
     from pipelines.e1_synthetic import warmup_note
 
     assert warmup_note(load_config("ci")) == ""
-    cfg = load_config("ci", {"training.light_first": 0.25, "e1.iterations": 40})
+    cfg = load_config("ci", {"e1.light_first": 0.25, "e1.iterations": 40})
     assert warmup_note(cfg) == "; only the light trained for the first 10 iterations"
