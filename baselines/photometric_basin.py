@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mofa.decoder import Decoder
+from mofa.decoder.layout import ANGLES
 from mofa.errors import MofaError
 from mofa.losses import LossWeights, mofa_loss
 from mofa.training.evaluate import synthetic_metrics
@@ -31,9 +32,7 @@ def fit_codes(decoder: Decoder, images: torch.Tensor, weights: LossWeights, blur
     fit only the light entries (at the first sigma), the rest held at the mean face."""
     code = torch.zeros(len(images), decoder.code_size)
     if light_first > 0:
-        light = torch.zeros(decoder.code_size, dtype=torch.bool)
-        light[decoder.layout.slices["light"]] = True
-        code = _adam(decoder, code, images, weights, (blur_px[0],), light_first, lr, only=light)
+        code = _adam(decoder, code, images, weights, (blur_px[0],), light_first, lr, only=decoder.layout.mask("light"))
     return _adam(decoder, code, images, weights, blur_px, steps, lr)
 
 
@@ -52,7 +51,7 @@ def _adam(decoder: Decoder, start: torch.Tensor, images: torch.Tensor, weights: 
     return code.detach()
 
 
-POSE_ENTRIES = ("pitch", "yaw", "roll", "tx", "ty", "tz")
+POSE_ENTRIES = (*ANGLES, "tx", "ty", "tz")
 
 
 def pose_index(decoder: Decoder, entry: str) -> int:
@@ -60,7 +59,7 @@ def pose_index(decoder: Decoder, entry: str) -> int:
     slices = decoder.layout.slices
     if entry in ("tx", "ty", "tz"):
         return slices["translation"].start + "xyz".index(entry[1])
-    return slices["rotation"].start + ("pitch", "yaw", "roll").index(entry)
+    return slices["rotation"].start + ANGLES.index(entry)
 
 
 def gradient_agreement(decoder: Decoder, codes: torch.Tensor, truth: torch.Tensor, images: torch.Tensor,
@@ -83,15 +82,9 @@ def gradient_agreement(decoder: Decoder, codes: torch.Tensor, truth: torch.Tenso
 def agreement_starts(decoder: Decoder, truth: torch.Tensor) -> dict[str, torch.Tensor]:
     """Starting codes for gradient_agreement: the mean face, and the mean face given the true light,
     the true reflectance, or both (pose, shape and expression always at the mean)."""
-    slices = decoder.layout.slices
-    starts = {}
-    for label, parts in (("mean face", ()), ("true light", ("light",)), ("true reflectance", ("reflectance",)),
-                         ("true light and reflectance", ("light", "reflectance"))):
-        code = torch.zeros_like(truth)
-        for part in parts:
-            code[:, slices[part]] = truth[:, slices[part]]
-        starts[label] = code
-    return starts
+    return {label: torch.where(decoder.layout.mask(*parts), truth, 0.0)
+            for label, parts in (("mean face", ()), ("true light", ("light",)), ("true reflectance", ("reflectance",)),
+                                 ("true light and reflectance", ("light", "reflectance")))}
 
 
 def summary(decoder: Decoder, codes: torch.Tensor, batch: dict) -> dict[str, float]:

@@ -333,8 +333,7 @@ def test_photometric_basin_light_first_moves_only_the_light(cap_model):
     weights = LossWeights()
     light = decoder.layout.slices["light"]
     codes = fit_codes(decoder, images, weights, blur_px=(0.0,), steps=0, light_first=30)
-    others = torch.ones(decoder.code_size, dtype=torch.bool)
-    others[light] = False
+    others = ~decoder.layout.mask("light")
     assert torch.all(codes[:, others] == 0)
     assert codes[:, light].abs().max() > 0
     zero = torch.zeros_like(truth)

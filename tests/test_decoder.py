@@ -36,6 +36,10 @@ def test_layout_is_derived_from_the_model(small_face_model):
     assert torch.equal(layout.join(**parts._asdict()), code)
     with pytest.raises(ValueError, match="layout needs 44"):
         layout.split(torch.zeros(1, 257))
+    mask = layout.mask("rotation", "light")
+    assert mask.dtype == torch.bool and mask.sum() == 3 + 27
+    assert torch.equal(layout.split(mask[None].float()).rotation, torch.ones(1, 3))
+    assert not layout.mask().any()
 
 
 def test_decoder_gradcheck_float64():

@@ -139,8 +139,7 @@ def test_light_first_trains_only_the_light_outputs(setup, tmp_path):
     with torch.no_grad():
         code = encoder(encoder_input(train_set.batch(np.arange(4))["images"], 64))
     light = decoder.layout.slices["light"]
-    others = torch.ones(decoder.code_size, dtype=torch.bool)
-    others[light] = False
+    others = ~decoder.layout.mask("light")
     assert torch.all(code[:, others] == 0)
     assert code[:, light].abs().max() > 0
 

@@ -52,6 +52,13 @@ class CodeLayout:
     def size(self) -> int:
         return sum(self.sizes.values())
 
+    def mask(self, *parts: str, device: torch.device | str | None = None) -> torch.Tensor:
+        """(size,) bool, True on the entries of the named parts."""
+        out = torch.zeros(self.size, dtype=torch.bool, device=device)
+        for name in parts:
+            out[self.slices[name]] = True
+        return out
+
     def split(self, code: torch.Tensor) -> Code:
         """code: (B, size) -> Code of (B, k) views."""
         if code.shape[-1] != self.size:

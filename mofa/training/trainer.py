@@ -180,8 +180,7 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
     if n < settings.batch_size:
         raise MofaError(f"training data has {n} images, fewer than the batch size {settings.batch_size}")
     base_land = weights.land
-    light = torch.zeros(decoder.code_size, dtype=torch.bool, device=device)
-    light[decoder.layout.slices["light"]] = True
+    light = decoder.layout.mask("light", device=device)
     if start_it == 0 and 0 in eval_points and evaluate is not None:
         rows.append({"iteration": 0, "seconds": 0.0, **evaluate(encoder)})
         atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
