@@ -19,8 +19,9 @@ import torch
 
 from mofa.decoder import Decoder
 from mofa.decoder.layout import ANGLES
+from mofa.decoder.lighting import solve_light
 from mofa.errors import MofaError
-from mofa.losses import LossWeights, mofa_loss
+from mofa.losses import LossWeights, mofa_loss, sample_image, visible_vertices
 from mofa.training.evaluate import synthetic_metrics
 from mofa.training.trainer import gaussian_blur
 
@@ -79,12 +80,33 @@ def gradient_agreement(decoder: Decoder, codes: torch.Tensor, truth: torch.Tenso
     return shares
 
 
-def agreement_starts(decoder: Decoder, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+def least_squares_light(decoder: Decoder, codes: torch.Tensor, images: torch.Tensor, sigma: float = 0.0,
+                        ridge: float = 1e-4) -> torch.Tensor:
+    """codes (B, D) with the light replaced by the one that best explains `images` (blurred by `sigma`
+    px) for the rest of each code, solved in closed form over its visible face vertices."""
+    with torch.no_grad():
+        decoded = decoder(codes)
+        observed = sample_image(gaussian_blur(images, sigma), decoded.screen)
+        visible = visible_vertices(decoded, decoder.face_mask, *images.shape[-2:]).to(codes.dtype)
+        sh = solve_light(decoded.normals, decoded.reflectance, observed, visible, ridge)
+        sh[..., 0] -= decoder.ambient_offset
+        out = codes.clone()
+        out[:, decoder.layout.slices["light"]] = sh.flatten(1)
+    return out
+
+
+def agreement_starts(decoder: Decoder, truth: torch.Tensor, images: torch.Tensor | None = None,
+                     sigma: float = 0.0) -> dict[str, torch.Tensor]:
     """Starting codes for gradient_agreement: the mean face, and the mean face given the true light,
-    the true reflectance, or both (pose, shape and expression always at the mean)."""
-    return {label: torch.where(decoder.layout.mask(*parts), truth, 0.0)
-            for label, parts in (("mean face", ()), ("true light", ("light",)), ("true reflectance", ("reflectance",)),
-                                 ("true light and reflectance", ("light", "reflectance")))}
+    the true reflectance, or both (pose, shape and expression always at the mean); with `images`, also
+    the mean face under its least-squares light (what the best light for a wrong pose does to the
+    pose gradient)."""
+    starts = {label: torch.where(decoder.layout.mask(*parts), truth, 0.0)
+              for label, parts in (("mean face", ()), ("true light", ("light",)), ("true reflectance", ("reflectance",)),
+                                   ("true light and reflectance", ("light", "reflectance")))}
+    if images is not None:
+        starts["least-squares light"] = least_squares_light(decoder, starts["mean face"], images, sigma)
+    return starts
 
 
 def summary(decoder: Decoder, codes: torch.Tensor, batch: dict) -> dict[str, float]:
@@ -110,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated blur sigmas in px, coarse to fine; repeat for several schedules (default 0 and 4,0)")
     p.add_argument("--directions", type=float, default=None, metavar="SIGMA",
                    help="instead of fitting: the share of images whose loss gradient (blur SIGMA px) points each "
-                        "pose entry towards the truth, from the mean face and with the true light and/or reflectance")
+                        "pose entry towards the truth, from the mean face, with the true light and/or reflectance, and "
+                        "under the least-squares light")
     p.add_argument("--light-first", default="0",
                    help="comma-separated light-only step counts before each schedule; every schedule runs with each (default 0)")
     args = p.parse_args(argv)
@@ -127,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         truth = batch["codes"].float()
         print(f"{len(truth)} synthetic test images: share whose loss gradient (blur {args.directions:g} px) "
               "points towards the true value, per pose entry")
-        for label, start in agreement_starts(decoder, truth).items():
+        for label, start in agreement_starts(decoder, truth, batch["images"], args.directions).items():
             shares = gradient_agreement(decoder, start, truth, batch["images"], weights, args.directions)
             print(f"  {label:28s}", "  ".join(f"{k} {v:4.0%}" for k, v in shares.items()), flush=True)
         return 0

@@ -52,16 +52,18 @@ def summary_table(curves: pd.DataFrame, encoder: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def warmup_note(cfg: Mapping) -> str:
-    """What the title says when E1 is not landmark-free from the first iteration, or trains the light
-    alone first."""
-    f, light = cfg["e1"]["landmark_warmup"], cfg["e1"]["light_first"]
+def warmup_note(cfg: Mapping, short: bool = False) -> str:
+    """What the table title (or, short, the figure title) says when E1 is not landmark-free from the
+    first iteration, or trains the light alone first."""
+    f, light, its = cfg["e1"]["landmark_warmup"], cfg["e1"]["light_first"], cfg["e1"]["iterations"]
     note = ""
     if light:
-        note += f"; only the light trained for the first {round(light * cfg['e1']['iterations'])} iterations"
+        note += (f", light alone for {round(light * its)} its" if short else
+                 f"; only the light trained for the first {round(light * its)} iterations")
     if f:
-        note += (f"; NOT the paper's landmark-free run: landmark warm-up, the landmark term falls from "
-                 f"{cfg['loss']['land']:g} to 0 over the first {round(f * cfg['e1']['iterations'])} iterations")
+        note += (f", landmark warm-up over {f:.0%} of the run" if short else
+                 f"; NOT the paper's landmark-free run: landmark warm-up, the landmark term falls from "
+                 f"{cfg['loss']['land']:g} to 0 over the first {round(f * its)} iterations")
     return note
 
 
@@ -90,8 +92,7 @@ def run(cfg: dict) -> dict:
                       f"({min(cfg['training']['eval_images'], len(test_set))} images); {encoder.init_description}"
                       + warmup_note(cfg), stage=NAME)
     plot_curves(curves, [(m, u) for m, u in METRICS], out["figure"],
-                title=f"E1: {e1['encoder']} on synthetic data ({cfg['preset']} preset"
-                      + (f", landmark warm-up over {e1['landmark_warmup']:.0%} of the run)" if e1["landmark_warmup"] else ")"),
+                title=f"E1: {e1['encoder']} on synthetic data ({cfg['preset']} preset{warmup_note(cfg, short=True)})",
                 paper={m: (t.paper_start, t.paper_end) for m, t in zip([m for m, _ in METRICS], table.itertuples())},
                 metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["figure"])

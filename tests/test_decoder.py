@@ -121,6 +121,46 @@ def test_ambient_offset_lights_a_zero_code():
     assert torch.all(sh[..., 0] == 0.7) and torch.all(sh[..., 1:] == 0)
 
 
+def test_solve_light_recovers_a_known_light_and_matches_lstsq():
+    """Colours lit by a known light give that light back (the image formation is linear in it); with
+    noise and a ridge the solve equals NumPy's least squares on the design matrix built here; an image
+    with nothing visible gets the prior."""
+    from mofa.decoder.lighting import solve_light
+
+    g = torch.Generator().manual_seed(3)
+    normals = torch.nn.functional.normalize(torch.randn(2, 400, 3, generator=g, dtype=torch.float64), dim=-1)
+    reflectance = 0.3 + 0.6 * torch.rand(2, 400, 3, generator=g, dtype=torch.float64)
+    sh = light_coefficients(0.3 * torch.randn(2, 27, generator=g, dtype=torch.float64))
+    colours = reflectance * shade(normals, sh)
+    weights = (torch.rand(2, 400, generator=g) > 0.3).double()
+    torch.testing.assert_close(solve_light(normals, reflectance, colours, weights, ridge=0.0), sh)
+
+    noisy = colours + 0.05 * torch.randn(colours.shape, generator=g, dtype=torch.float64)
+    ridge = 0.01
+    ours = solve_light(normals, reflectance, noisy, weights, ridge=ridge)
+    x, y, z = normals.numpy().transpose(2, 0, 1)
+    basis = np.stack([np.full_like(x, math.pi * 0.5 / math.sqrt(math.pi)),  # pi Y00
+                      *(2 * math.pi / 3 * math.sqrt(3 / (4 * math.pi)) * c for c in (y, z, x)),
+                      math.pi / 4 * 0.5 * math.sqrt(15 / math.pi) * x * y,
+                      math.pi / 4 * 0.5 * math.sqrt(15 / math.pi) * y * z,
+                      math.pi / 4 * 0.25 * math.sqrt(5 / math.pi) * (3 * z * z - 1),
+                      math.pi / 4 * 0.5 * math.sqrt(15 / math.pi) * x * z,
+                      math.pi / 4 * 0.25 * math.sqrt(15 / math.pi) * (x * x - y * y)], -1)  # (2, 400, 9)
+    prior = np.zeros(9)
+    prior[0] = 0.7
+    for b in range(2):
+        w = np.sqrt(weights[b].numpy())[:, None]
+        lam = math.sqrt(ridge * weights[b].sum().item())
+        for c in range(3):
+            design = reflectance[b, :, c].numpy()[:, None] * basis[b]
+            a = np.vstack([w * design, lam * np.eye(9)])
+            rhs = np.concatenate([w[:, 0] * noisy[b, :, c].numpy(), lam * prior])
+            np.testing.assert_allclose(ours[b, c].numpy(), np.linalg.lstsq(a, rhs, rcond=None)[0], atol=1e-9)
+
+    nothing = solve_light(normals, reflectance, noisy, torch.zeros(2, 400, dtype=torch.float64), ridge=1e-3)
+    torch.testing.assert_close(nothing, light_coefficients(torch.zeros(2, 27, dtype=torch.float64)))
+
+
 def test_vertex_normals_are_area_weighted():
     # Vertex 0 is shared by a big triangle in the z=0 plane and a small one in the x=0 plane.
     vertices = torch.tensor([[[0.0, 0, 0], [4, 0, 0], [0, 4, 0], [0, 0, -1], [0, 1, 0]]])

@@ -151,10 +151,13 @@ def test_blur_schedule_starts_after_the_light_only_steps():
     assert [blur_sigma(staged, it) for it in (1, 20, 21, 41, 61, 100)] == [4.0, 4.0, 4.0, 2.0, 0.0, 0.0]
 
 
-def test_e1_title_says_when_the_light_trains_alone_first():
+def test_e1_titles_say_when_the_light_trains_alone_first():
     from mofa.config import load_config
     from pipelines.e1_synthetic import warmup_note
 
     assert warmup_note(load_config("ci")) == ""
     cfg = load_config("ci", {"e1.light_first": 0.25, "e1.iterations": 40})
     assert warmup_note(cfg) == "; only the light trained for the first 10 iterations"
+    assert warmup_note(cfg, short=True) == ", light alone for 10 its"
+    both = load_config("ci", {"e1.light_first": 0.25, "e1.iterations": 40, "e1.landmark_warmup": 0.5})
+    assert warmup_note(both, short=True) == ", light alone for 10 its, landmark warm-up over 50% of the run"

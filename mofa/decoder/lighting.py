@@ -48,3 +48,27 @@ def light_coefficients(light: torch.Tensor, ambient_offset: float = AMBIENT_OFFS
 def shade(normals: torch.Tensor, sh_coeffs: torch.Tensor) -> torch.Tensor:
     """normals: (B, N, 3) unit; sh_coeffs: (B, 3, 9) -> (B, N, 3) irradiance per colour channel."""
     return torch.einsum("bnk,bck->bnc", sh_basis(normals), sh_coeffs)
+
+
+def solve_light(normals: torch.Tensor, reflectance: torch.Tensor, observed: torch.Tensor, weights: torch.Tensor,
+                ridge: float = 1e-3, prior: torch.Tensor | None = None) -> torch.Tensor:
+    """The SH coefficients that best light a surface to look like `observed`: per image and channel c,
+    argmin_g sum_i w_i (o_ic - r_ic H(n_i) . g_c)^2 + ridge * sum_i w_i * ||g_c - prior_c||^2, the image
+    formation being linear in the light (a closed-form least-squares solve, 9 unknowns per channel).
+
+    normals: (B, N, 3) unit; reflectance, observed: (B, N, 3); weights: (B, N) >= 0 (0 leaves a vertex
+    out); prior: (B, 3, 9) or None (the ambient-only light, AMBIENT_OFFSET in band 0) -> (B, 3, 9), in
+    the convention of `light_coefficients` (offset included). The ridge is relative to the total weight,
+    so an image with nothing visible returns the prior.
+    """
+    basis = sh_basis(normals)  # (B, N, 9)
+    design = reflectance[..., :, None] * basis[..., None, :]  # (B, N, 3, 9)
+    w = weights.to(design.dtype)[..., None, None]
+    normal_matrix = torch.einsum("bncj,bnck->bcjk", design * w, design)  # (B, 3, 9, 9)
+    rhs = torch.einsum("bncj,bnc->bcj", design * w, observed)
+    if prior is None:
+        prior = torch.zeros(normals.shape[0], 3, N_SH_BANDS, dtype=design.dtype, device=design.device)
+        prior[..., 0] = AMBIENT_OFFSET
+    damping = ridge * weights.to(design.dtype).sum(-1).clamp_min(1.0)[:, None, None, None]
+    eye = torch.eye(N_SH_BANDS, dtype=design.dtype, device=design.device)
+    return torch.linalg.solve(normal_matrix + damping * eye, rhs + damping[..., 0] * prior)
