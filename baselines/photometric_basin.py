@@ -19,9 +19,8 @@ import torch
 
 from mofa.decoder import Decoder
 from mofa.decoder.layout import ANGLES
-from mofa.decoder.lighting import solve_light
 from mofa.errors import MofaError
-from mofa.losses import LossWeights, mofa_loss, sample_image, visible_vertices
+from mofa.losses import LossWeights, mofa_loss, with_fitted_light
 from mofa.training.evaluate import synthetic_metrics
 from mofa.training.trainer import gaussian_blur
 
@@ -80,21 +79,6 @@ def gradient_agreement(decoder: Decoder, codes: torch.Tensor, truth: torch.Tenso
     return shares
 
 
-def least_squares_light(decoder: Decoder, codes: torch.Tensor, images: torch.Tensor, sigma: float = 0.0,
-                        ridge: float = 1e-4) -> torch.Tensor:
-    """codes (B, D) with the light replaced by the one that best explains `images` (blurred by `sigma`
-    px) for the rest of each code, solved in closed form over its visible face vertices."""
-    with torch.no_grad():
-        decoded = decoder(codes)
-        observed = sample_image(gaussian_blur(images, sigma), decoded.screen)
-        visible = visible_vertices(decoded, decoder.face_mask, *images.shape[-2:]).to(codes.dtype)
-        sh = solve_light(decoded.normals, decoded.reflectance, observed, visible, ridge)
-        sh[..., 0] -= decoder.ambient_offset
-        out = codes.clone()
-        out[:, decoder.layout.slices["light"]] = sh.flatten(1)
-    return out
-
-
 def agreement_starts(decoder: Decoder, truth: torch.Tensor, images: torch.Tensor | None = None,
                      sigma: float = 0.0) -> dict[str, torch.Tensor]:
     """Starting codes for gradient_agreement: the mean face, and the mean face given the true light,
@@ -105,7 +89,7 @@ def agreement_starts(decoder: Decoder, truth: torch.Tensor, images: torch.Tensor
               for label, parts in (("mean face", ()), ("true light", ("light",)), ("true reflectance", ("reflectance",)),
                                    ("true light and reflectance", ("light", "reflectance")))}
     if images is not None:
-        starts["least-squares light"] = least_squares_light(decoder, starts["mean face"], images, sigma)
+        starts["least-squares light"] = with_fitted_light(decoder, starts["mean face"], gaussian_blur(images, sigma))
     return starts
 
 

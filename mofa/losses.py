@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from mofa.decoder.lighting import robust_light
 from mofa.errors import MofaError
 from mofa.landmarks import LANDMARKS_46, N_LANDMARKS
 
@@ -132,6 +133,22 @@ def regulariser(shape: torch.Tensor, expression: torch.Tensor, reflectance: torc
     """
     return ((shape ** 2).sum(-1) + w_reflectance * (reflectance ** 2).sum(-1)
             + w_expression * (expression ** 2).sum(-1))
+
+
+def with_fitted_light(decoder, code: torch.Tensor, images: torch.Tensor, iterations: int = 1) -> torch.Tensor:
+    """code (B, D) with its light part replaced by the light that best explains `images` (B, 3, S, S)
+    for the rest of the code, over its visible face vertices (`robust_light`: `iterations` IRLS solves,
+    1 = plain least squares). The fitted light is a constant (no gradient); the other entries keep theirs."""
+    with torch.no_grad():
+        decoded = decoder(code.detach())
+        observed = sample_image(images, decoded.screen)
+        visible = visible_vertices(decoded, decoder.face_mask, *images.shape[-2:])
+        sh = robust_light(decoded.normals, decoded.reflectance, observed, visible, iterations)
+        sh[..., 0] -= decoder.ambient_offset
+    light = decoder.layout.mask("light", device=code.device)
+    fitted = torch.zeros_like(code)
+    fitted[:, decoder.layout.slices["light"]] = sh.flatten(1).to(code.dtype)
+    return torch.where(light, fitted, code)
 
 
 # -- the whole loss ---------------------------------------------------------------------------------

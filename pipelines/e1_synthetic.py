@@ -54,9 +54,13 @@ def summary_table(curves: pd.DataFrame, encoder: str) -> pd.DataFrame:
 
 def warmup_note(cfg: Mapping, short: bool = False) -> str:
     """What the table title (or, short, the figure title) says when E1 is not landmark-free from the
-    first iteration, or trains the light alone first."""
+    first iteration, trains the light alone first, or fits each image's light in the loss."""
     f, light, its = cfg["e1"]["landmark_warmup"], cfg["e1"]["light_first"], cfg["e1"]["iterations"]
     note = ""
+    if cfg["e1"]["fit_light"]:
+        note += (", each image's own best light in the loss" if short else
+                 "; the photometric term used each image's own best light (solved, not the encoder's), "
+                 "which the encoder's light output learned to predict")
     if light:
         note += (f", light alone for {round(light * its)} its" if short else
                  f"; only the light trained for the first {round(light * its)} iterations")
@@ -85,7 +89,8 @@ def run(cfg: dict) -> dict:
                                    "data": [train_set.manifest, test_set.manifest]})
     curves, encoder = run_training(cfg, run_dir(cfg), model, e1["encoder"], train_set, evaluate,
                                    e1["iterations"], e1["evaluations"], landmarks=False,
-                                   landmark_warmup=e1["landmark_warmup"], light_first=e1["light_first"])
+                                   landmark_warmup=e1["landmark_warmup"], light_first=e1["light_first"],
+                                   fit_light=e1["fit_light"])
     table = summary_table(curves, e1["encoder"])
     write_table(table, out["table"], out["table_md"], cfg,
                 title=f"E1 (Fig. 10): {e1['encoder']} without landmarks, synthetic test set "

@@ -161,6 +161,28 @@ def test_solve_light_recovers_a_known_light_and_matches_lstsq():
     torch.testing.assert_close(nothing, light_coefficients(torch.zeros(2, 27, dtype=torch.float64)))
 
 
+def test_robust_light_discounts_outliers():
+    """A quarter of the vertices see something else (background): plain least squares is pulled
+    towards it, the IRLS l2,1 fit much less, and its l2,1 objective is lower."""
+    from mofa.decoder.lighting import robust_light
+
+    g = torch.Generator().manual_seed(4)
+    normals = torch.nn.functional.normalize(torch.randn(1, 600, 3, generator=g, dtype=torch.float64), dim=-1)
+    normals[..., 2] = -normals[..., 2].abs()  # a hemisphere facing the camera, as a face
+    reflectance = 0.3 + 0.6 * torch.rand(1, 600, 3, generator=g, dtype=torch.float64)
+    sh = light_coefficients(0.2 * torch.randn(1, 27, generator=g, dtype=torch.float64))
+    observed = reflectance * shade(normals, sh)
+    observed[:, :150] = torch.rand(1, 150, 3, generator=g, dtype=torch.float64)
+    visible = torch.ones(1, 600, dtype=torch.bool)
+    plain = robust_light(normals, reflectance, observed, visible, iterations=1)
+    robust = robust_light(normals, reflectance, observed, visible, iterations=8)
+    assert (robust - sh).abs().mean() < 0.3 * (plain - sh).abs().mean()
+    l21 = lambda light: (observed - reflectance * shade(normals, light)).norm(dim=-1).sum()  # noqa: E731
+    assert l21(robust) < l21(plain)
+    with pytest.raises(ValueError, match="at least 1"):
+        robust_light(normals, reflectance, observed, visible, iterations=0)
+
+
 def test_vertex_normals_are_area_weighted():
     # Vertex 0 is shared by a big triangle in the z=0 plane and a small one in the x=0 plane.
     vertices = torch.tensor([[[0.0, 0, 0], [4, 0, 0], [0, 4, 0], [0, 0, -1], [0, 1, 0]]])

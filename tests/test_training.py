@@ -144,6 +144,32 @@ def test_light_first_trains_only_the_light_outputs(setup, tmp_path):
     assert code[:, light].abs().max() > 0
 
 
+def test_fit_light_trains_the_light_output_towards_each_images_fitted_light(setup, tmp_path):
+    """With fit_light the photometric term sees each image's fitted light whatever the encoder's light
+    output is, and that output learns the fitted light by regression: with only the light training,
+    it ends closer to the fitted light than the zero-initialised head's was."""
+    from mofa.losses import with_fitted_light
+
+    _, decoder, train_set, _ = setup
+    images = train_set.batch(np.arange(8))["images"]
+    encoder = fresh_encoder(decoder)
+    settings = dataclasses.replace(SETTINGS, iterations=8, eval_at=(), light_first=1.0, fit_light=2)
+    light = decoder.layout.slices["light"]
+    encoder.eval()
+    with torch.no_grad():
+        before = encoder(encoder_input(images, 64))
+    target = with_fitted_light(decoder, before, images, 2)[:, light]
+    other_light = before.clone()
+    other_light[:, light] = 0.5
+    torch.testing.assert_close(with_fitted_light(decoder, other_light, images, 2)[:, light], target)
+    train(tmp_path, encoder, decoder, train_set, settings, LossWeights())
+    encoder.eval()
+    with torch.no_grad():
+        after = encoder(encoder_input(images, 64))
+    assert torch.all(after[:, ~decoder.layout.mask("light")] == 0)
+    assert (after[:, light] - target).norm() < (before[:, light] - target).norm()
+
+
 def test_blur_schedule_starts_after_the_light_only_steps():
     plain = TrainSettings(iterations=100, blur_sigma_px=4.0, blur_until=0.5)
     assert [blur_sigma(plain, it) for it in (1, 26, 51, 100)] == [4.0, 2.0, 0.0, 0.0]
@@ -161,3 +187,6 @@ def test_e1_titles_say_when_the_light_trains_alone_first():
     assert warmup_note(cfg, short=True) == ", light alone for 10 its"
     both = load_config("ci", {"e1.light_first": 0.25, "e1.iterations": 40, "e1.landmark_warmup": 0.5})
     assert warmup_note(both, short=True) == ", light alone for 10 its, landmark warm-up over 50% of the run"
+    fitted = load_config("ci", {"e1.fit_light": 4})
+    assert warmup_note(fitted, short=True) == ", each image's own best light in the loss"
+    assert "own best light" in warmup_note(fitted)

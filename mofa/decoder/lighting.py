@@ -61,14 +61,48 @@ def solve_light(normals: torch.Tensor, reflectance: torch.Tensor, observed: torc
     the convention of `light_coefficients` (offset included). The ridge is relative to the total weight,
     so an image with nothing visible returns the prior.
     """
-    basis = sh_basis(normals)  # (B, N, 9)
-    design = reflectance[..., :, None] * basis[..., None, :]  # (B, N, 3, 9)
-    w = weights.to(design.dtype)[..., None, None]
-    normal_matrix = torch.einsum("bncj,bnck->bcjk", design * w, design)  # (B, 3, 9, 9)
-    rhs = torch.einsum("bncj,bnc->bcj", design * w, observed)
+    basis = sh_basis(normals)
+    return _solve(basis, _outer(basis), reflectance, observed, weights, ridge, prior)
+
+
+def _outer(basis: torch.Tensor) -> torch.Tensor:
+    """(B, N, 9) -> (B, N, 81) products H_j H_k, reused by every weighted solve over the same normals."""
+    return (basis[..., :, None] * basis[..., None, :]).flatten(-2)
+
+
+def _solve(basis: torch.Tensor, outer: torch.Tensor, reflectance: torch.Tensor, observed: torch.Tensor,
+           weights: torch.Tensor, ridge: float, prior: torch.Tensor | None) -> torch.Tensor:
+    w = weights.to(basis.dtype)[..., None]  # (B, N, 1)
+    # sum_i w_i r_ic^2 H_i H_i^T and sum_i w_i r_ic o_ic H_i, as (B, 3, N) @ (B, N, 81 or 9) products
+    normal_matrix = ((w * reflectance * reflectance).transpose(1, 2) @ outer).unflatten(-1, (N_SH_BANDS, N_SH_BANDS))
+    rhs = (w * reflectance * observed).transpose(1, 2) @ basis  # (B, 3, 9)
     if prior is None:
-        prior = torch.zeros(normals.shape[0], 3, N_SH_BANDS, dtype=design.dtype, device=design.device)
+        prior = torch.zeros(basis.shape[0], 3, N_SH_BANDS, dtype=basis.dtype, device=basis.device)
         prior[..., 0] = AMBIENT_OFFSET
-    damping = ridge * weights.to(design.dtype).sum(-1).clamp_min(1.0)[:, None, None, None]
-    eye = torch.eye(N_SH_BANDS, dtype=design.dtype, device=design.device)
+    damping = ridge * w[..., 0].sum(-1).clamp_min(1.0)[:, None, None, None]
+    eye = torch.eye(N_SH_BANDS, dtype=basis.dtype, device=basis.device)
     return torch.linalg.solve(normal_matrix + damping * eye, rhs + damping[..., 0] * prior)
+
+
+def robust_light(normals: torch.Tensor, reflectance: torch.Tensor, observed: torch.Tensor, visible: torch.Tensor,
+                 iterations: int = 4, ridge: float = 1e-4, floor: float = 0.02) -> torch.Tensor:
+    """The light of the robust l2,1 fit, sum_i ||o_i - r_i * shading_i||_2 over visible vertices, by
+    iteratively reweighted least squares: `iterations` solves of `solve_light`, each weighting a vertex
+    by 1 / max(its last residual norm, floor) (1 iteration = plain least squares). Vertices that the
+    lit surface cannot explain (background seen through a wrongly posed face) lose their pull on the light.
+
+    normals: (B, N, 3) unit; reflectance, observed: (B, N, 3); visible: (B, N) bool or 0/1 -> (B, 3, 9)
+    with the ambient offset included, as `light_coefficients`.
+    """
+    if iterations < 1:
+        raise ValueError(f"robust_light needs at least 1 iteration, got {iterations}")
+    mask = visible.to(normals.dtype)
+    weights = mask
+    basis = sh_basis(normals)
+    outer = _outer(basis)
+    for k in range(iterations):
+        sh = _solve(basis, outer, reflectance, observed, weights, ridge, None)
+        if k + 1 < iterations:
+            residual = (observed - reflectance * torch.einsum("bnk,bck->bnc", basis, sh)).norm(dim=-1)
+            weights = mask / residual.clamp_min(floor)
+    return sh

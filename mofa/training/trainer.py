@@ -22,10 +22,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mofa.errors import MofaError
-from mofa.losses import LossWeights, mofa_loss
+from mofa.losses import LossWeights, mofa_loss, with_fitted_light
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+# With fit_light, the encoder's light output regresses onto the fitted light with this weight on the
+# squared difference of the 27 SH numbers (a few tenths each; the photometric term is ~0.3 x 1.92):
+# enough for its light to follow (E1's photometric error at the end is the encoder's own light's).
+LIGHT_TARGET_WEIGHT = 1.0
 FINAL = "encoder.pt"
 METRICS = "metrics.csv"
 
@@ -44,7 +48,10 @@ class TrainSettings:
     a value f in (0, 1], the landmark weight instead falls linearly from its value to 0 at iteration
     f * iterations and stays 0 after (a warm-up for otherwise landmark-free runs); light_first: the
     first light_first * iterations steps train only the light outputs (the rest of the code is used but
-    gets no gradient), and the blur schedule starts after them."""
+    gets no gradient), and the blur schedule starts after them; fit_light: with n > 0, the photometric
+    term uses each image's own best light for the rest of the code (n IRLS solves of the l2,1 fit,
+    `with_fitted_light`; no gradient through it) instead of the encoder's light, and the encoder's light
+    output learns that light by regression (LIGHT_TARGET_WEIGHT)."""
     iterations: int
     batch_size: int = 5
     lr: float = 0.1
@@ -60,6 +67,7 @@ class TrainSettings:
     blur_sigma_px: float = 0.0
     blur_until: float = 0.5
     light_first: float = 0.0
+    fit_light: int = 0
     progress: bool = True
 
     def eval_points(self) -> list[int]:
@@ -198,14 +206,21 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
             # from the mean face the pose gradient is mostly noise until the light matches the image
             code = torch.where(light, code, code.detach())
         use_landmarks = w.land > 0 and "landmarks" in batch
-        sigma = blur_sigma(settings, it)
-        terms = mofa_loss(decoder, code, gaussian_blur(batch["images"], sigma), batch.get("landmarks") if use_landmarks else None,
+        images = gaussian_blur(batch["images"], blur_sigma(settings, it))
+        light_target = None
+        if settings.fit_light:
+            # with the wrong light the pose gradient is mostly noise; each image's best light is not
+            fitted = with_fitted_light(decoder, code, images, settings.fit_light)
+            light_target = LIGHT_TARGET_WEIGHT * ((code - fitted)[:, light] ** 2).sum(-1).mean()
+            code = torch.where(light, fitted, code)
+        terms = mofa_loss(decoder, code, images, batch.get("landmarks") if use_landmarks else None,
                           batch.get("landmark_confidence") if use_landmarks else None,
                           w if use_landmarks else dataclasses.replace(w, land=0.0))
+        total = terms.total if light_target is None else terms.total + light_target
         optimiser.zero_grad(set_to_none=True)
-        terms.total.backward()
+        total.backward()
         optimiser.step()
-        loss = float(terms.total.detach())
+        loss = float(total.detach())
         if not np.isfinite(loss):
             raise MofaError(f"{run_dir}: loss became {loss} at iteration {it}; lower the learning rate or check the data")
         running = loss if running is None else 0.95 * running + 0.05 * loss
@@ -215,7 +230,9 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
             seconds += now - tick
             if it in eval_points and evaluate is not None:
                 rows.append({"iteration": it, "seconds": round(seconds, 2), "train_loss": running,
-                             **{f"train_{k}": v for k, v in terms.log().items()}, **evaluate(encoder)})
+                             **{f"train_{k}": v for k, v in terms.log().items()},
+                             **({} if light_target is None else {"train_light_target": float(light_target.detach())}),
+                             **evaluate(encoder)})
                 atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
             atomic_torch_save({"iteration": it, "encoder": encoder.state_dict(), "optimiser": optimiser.state_dict(),
                                "running_loss": running, "settings": _settings_key(settings)}, ckpt_path)
