@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mofa.decoder import Decoder
-from mofa.decoder.layout import ANGLES
+from mofa.decoder.layout import POSE_ENTRIES
 from mofa.errors import MofaError
 from mofa.losses import LossWeights, mofa_loss, with_fitted_light
 from mofa.training.evaluate import synthetic_metrics
@@ -51,15 +51,9 @@ def _adam(decoder: Decoder, start: torch.Tensor, images: torch.Tensor, weights: 
     return code.detach()
 
 
-POSE_ENTRIES = (*ANGLES, "tx", "ty", "tz")
-
-
 def pose_index(decoder: Decoder, entry: str) -> int:
     """Column of a pose entry (POSE_ENTRIES) in the code."""
-    slices = decoder.layout.slices
-    if entry in ("tx", "ty", "tz"):
-        return slices["translation"].start + "xyz".index(entry[1])
-    return slices["rotation"].start + ANGLES.index(entry)
+    return decoder.layout.index(entry)
 
 
 def gradient_agreement(decoder: Decoder, codes: torch.Tensor, truth: torch.Tensor, images: torch.Tensor,

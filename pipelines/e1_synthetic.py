@@ -54,13 +54,18 @@ def summary_table(curves: pd.DataFrame, encoder: str) -> pd.DataFrame:
 
 def warmup_note(cfg: Mapping, short: bool = False) -> str:
     """What the table title (or, short, the figure title) says when E1 is not landmark-free from the
-    first iteration, trains the light alone first, or fits each image's light in the loss."""
+    first iteration, trains the light alone first, fits each image's light in the loss, or holds code
+    entries at the start."""
     f, light, its = cfg["e1"]["landmark_warmup"], cfg["e1"]["light_first"], cfg["e1"]["iterations"]
     note = ""
     if cfg["e1"]["fit_light"]:
         note += (", each image's own best light in the loss" if short else
                  "; the photometric term used each image's own best light (solved, not the encoder's), "
                  "which the encoder's light output learned to predict")
+    held, held_its = cfg["e1"]["hold"], round(cfg["e1"]["hold_until"] * its)
+    if held and held_its:
+        note += (f", {'/'.join(held)} held for {held_its} its" if short else
+                 f"; {', '.join(held)} got no gradient (kept the mean face's) for the first {held_its} iterations")
     if light:
         note += (f", light alone for {round(light * its)} its" if short else
                  f"; only the light trained for the first {round(light * its)} iterations")
@@ -90,7 +95,7 @@ def run(cfg: dict) -> dict:
     curves, encoder = run_training(cfg, run_dir(cfg), model, e1["encoder"], train_set, evaluate,
                                    e1["iterations"], e1["evaluations"], landmarks=False,
                                    landmark_warmup=e1["landmark_warmup"], light_first=e1["light_first"],
-                                   fit_light=e1["fit_light"])
+                                   fit_light=e1["fit_light"], hold=tuple(e1["hold"]), hold_until=e1["hold_until"])
     table = summary_table(curves, e1["encoder"])
     write_table(table, out["table"], out["table_md"], cfg,
                 title=f"E1 (Fig. 10): {e1['encoder']} without landmarks, synthetic test set "

@@ -106,6 +106,13 @@ def test_bad_value_names_the_key():
         load_config("ci", {"face_model": {"n_shape": -1}})
 
 
+def test_encoder_dropout_must_be_a_probability_below_one():
+    assert load_config("ci")["encoders"]["alexnet"]["dropout"] is None  # the architecture's own
+    assert load_config("ci", {"encoders": {"alexnet": {"dropout": 0.0}}})["encoders"]["alexnet"]["dropout"] == 0.0
+    with pytest.raises(MofaError, match=r"encoders\.alexnet\.dropout: 1\.0 is greater than or equal to the maximum of 1"):
+        load_config("ci", {"encoders": {"alexnet": {"dropout": 1.0}}})
+
+
 def test_number_written_as_text_gets_a_hint(tmp_path):
     path = tmp_path / "my.yaml"
     path.write_text("preset: ci\ncamera:\n  focal_length_px: 8e2\n")  # YAML 1.1 reads 8e2 as a string

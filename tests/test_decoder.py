@@ -40,6 +40,11 @@ def test_layout_is_derived_from_the_model(small_face_model):
     assert mask.dtype == torch.bool and mask.sum() == 3 + 27
     assert torch.equal(layout.split(mask[None].float()).rotation, torch.ones(1, 3))
     assert not layout.mask().any()
+    # single pose entries by name: pitch, yaw, roll are the rotation's columns, tx, ty, tz the translation's
+    assert [layout.index(e) for e in ("pitch", "yaw", "roll", "tx", "ty", "tz")] == list(range(11, 17))
+    assert layout.split(layout.mask("yaw", "tz")[None].float()).translation.tolist() == [[0.0, 0.0, 1.0]]
+    with pytest.raises(ValueError, match="unknown code part 'nose'"):
+        layout.mask("nose")
 
 
 def test_decoder_gradcheck_float64():

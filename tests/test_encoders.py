@@ -311,3 +311,25 @@ def test_kaiming_random_init_keeps_feature_scale_and_the_zero_head(alexnet):
     assert torch.equal(he.features[0].weight, build_encoder("alexnet", LAYOUT, seed=0, random_init="kaiming").features[0].weight)
     with pytest.raises(MofaError, match="random_init"):
         build_encoder("alexnet", LAYOUT, random_init="xavier")
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg_face"])
+def test_dropout_option_sets_every_dropout_and_changes_nothing_else(name):
+    """dropout=0: training-mode features are deterministic (the same as eval mode); the default (0.5,
+    torchvision's) makes two training-mode passes differ; the weights do not depend on it."""
+    plain = build_encoder(name, LAYOUT, seed=0, random_init="kaiming")
+    off = build_encoder(name, LAYOUT, seed=0, random_init="kaiming", dropout=0.0)
+    assert [m.p for m in off.modules() if isinstance(m, torch.nn.Dropout)] == [0.0, 0.0]
+    assert [m.p for m in plain.modules() if isinstance(m, torch.nn.Dropout)] == [0.5, 0.5]
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, off.state_dict()[key]), key
+    x = off.normalise(images(2, 64))
+    with torch.no_grad():
+        off.train(), plain.train()
+        assert torch.equal(off.embed(x), off.embed(x))
+        assert not torch.equal(plain.embed(x), plain.embed(x))
+        train_features = off.embed(x)
+        assert torch.allclose(train_features, off.eval().embed(x))
+    assert "dropout 0" in off.init_description and "dropout" not in plain.init_description
+    with pytest.raises(MofaError, match="dropout"):
+        build_encoder(name, LAYOUT, dropout=1.0)

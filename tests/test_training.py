@@ -144,6 +144,31 @@ def test_light_first_trains_only_the_light_outputs(setup, tmp_path):
     assert code[:, light].abs().max() > 0
 
 
+def test_hold_keeps_the_held_entries_at_the_mean_face_until_released(setup, tmp_path):
+    """hold ("roll", "tx", "expression") over the whole run: those outputs stay at the zero head's 0 while
+    the rest of the code moves; released after half the run, they move too. An unknown name is an error
+    naming the setting."""
+    _, decoder, train_set, _ = setup
+    images = train_set.batch(np.arange(4))["images"]
+    held = decoder.layout.mask("roll", "tx", "expression")
+    assert int(held.sum()) == 2 + decoder.layout.n_expression
+    codes = {}
+    for name, until in (("always", 1.0), ("half", 0.5)):
+        encoder = fresh_encoder(decoder)
+        settings = dataclasses.replace(SETTINGS, iterations=4, eval_at=(), hold=("roll", "tx", "expression"),
+                                       hold_until=until)
+        train(tmp_path / name, encoder, decoder, train_set, settings, LossWeights())
+        encoder.eval()
+        with torch.no_grad():
+            codes[name] = encoder(encoder_input(images, 64))
+    assert torch.all(codes["always"][:, held] == 0)
+    assert codes["always"][:, ~held].abs().max() > 0
+    assert codes["half"][:, held].abs().max() > 0
+    with pytest.raises(MofaError, match="hold: unknown code part 'nose'"):
+        train(tmp_path / "bad", fresh_encoder(decoder), decoder, train_set,
+              dataclasses.replace(SETTINGS, iterations=1, eval_at=(), hold=("nose",), hold_until=1.0), LossWeights())
+
+
 def test_fit_light_trains_the_light_output_towards_each_images_fitted_light(setup, tmp_path):
     """With fit_light the photometric term sees each image's fitted light whatever the encoder's light
     output is, and that output learns the fitted light by regression: with only the light training,
@@ -190,3 +215,6 @@ def test_e1_titles_say_when_the_light_trains_alone_first():
     fitted = load_config("ci", {"e1.fit_light": 4})
     assert warmup_note(fitted, short=True) == ", each image's own best light in the loss"
     assert "own best light" in warmup_note(fitted)
+    held = load_config("ci", {"e1.hold": ["roll", "tx"], "e1.hold_until": 0.5, "e1.iterations": 40})
+    assert warmup_note(held, short=True) == ", roll/tx held for 20 its"
+    assert warmup_note(held) == "; roll, tx got no gradient (kept the mean face's) for the first 20 iterations"

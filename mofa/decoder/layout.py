@@ -9,6 +9,7 @@ import torch
 N_ROTATION = 3
 ANGLES = ("pitch", "yaw", "roll")  # the rotation entries, in code order (radians)
 N_TRANSLATION = 3
+POSE_ENTRIES = (*ANGLES, "tx", "ty", "tz")  # single pose entries by name: the angles, then translation x, y, z
 N_SH_BANDS = 9
 N_LIGHT = 3 * N_SH_BANDS
 
@@ -52,11 +53,25 @@ class CodeLayout:
     def size(self) -> int:
         return sum(self.sizes.values())
 
+    def index(self, entry: str) -> int:
+        """Column of a single pose entry (POSE_ENTRIES: pitch, yaw, roll, tx, ty, tz) in the code."""
+        if entry not in POSE_ENTRIES:
+            raise ValueError(f"unknown pose entry {entry!r}: choose one of {', '.join(POSE_ENTRIES)}")
+        if entry in ANGLES:
+            return self.slices["rotation"].start + ANGLES.index(entry)
+        return self.slices["translation"].start + "xyz".index(entry[1])
+
     def mask(self, *parts: str, device: torch.device | str | None = None) -> torch.Tensor:
-        """(size,) bool, True on the entries of the named parts."""
+        """(size,) bool, True on the entries of the named parts (code parts such as "light", or single
+        pose entries such as "yaw" or "tx")."""
         out = torch.zeros(self.size, dtype=torch.bool, device=device)
         for name in parts:
-            out[self.slices[name]] = True
+            if name in self.slices:
+                out[self.slices[name]] = True
+            elif name in POSE_ENTRIES:
+                out[self.index(name)] = True
+            else:
+                raise ValueError(f"unknown code part {name!r}: choose from {', '.join([*self.slices, *POSE_ENTRIES])}")
         return out
 
     def split(self, code: torch.Tensor) -> Code:

@@ -54,18 +54,23 @@ def kaiming_init_(encoder: Encoder) -> Encoder:
 
 
 def build_encoder(name: str, code_layout: CodeLayout, weights_path: str | Path | None = None,
-                  rotation_bound_rad: float | None = None, seed: int = 0, random_init: str = "pytorch") -> Encoder:
+                  rotation_bound_rad: float | None = None, seed: int = 0, random_init: str = "pytorch",
+                  dropout: float | None = None) -> Encoder:
     """The encoder `name` with a zero-initialised code head of `code_layout.size` outputs.
 
     Backbone: seeded random init (the global RNG is left untouched; `random_init` "pytorch" = each
     layer's default, as torchvision; "kaiming" = `kaiming_init_`), or, with `weights_path`, a
-    pre-trained state dict (its last layer is dropped: the code head replaces it)."""
+    pre-trained state dict (its last layer is dropped: the code head replaces it). `dropout`: the
+    probability of every `nn.Dropout` in training mode (None keeps the architecture's, 0.5 for
+    AlexNet and VGG as in torchvision; it has no weights, so any value loads the same files)."""
     if name not in ENCODERS:
         raise MofaError(f"unknown encoder {name!r}: choose one of {', '.join(sorted(ENCODERS))}")
     if random_init not in RANDOM_INITS:
         raise MofaError(f"unknown random_init {random_init!r} for encoder {name!r}: choose one of {', '.join(RANDOM_INITS)}")
     if weights_path is not None:
         _check_weights_file(Path(weights_path))  # fail before building a large network
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise MofaError(f"dropout for encoder {name!r} must be in [0, 1), got {dropout}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = ENCODERS[name](code_layout, rotation_bound_rad=rotation_bound_rad)
@@ -74,8 +79,19 @@ def build_encoder(name: str, code_layout: CodeLayout, weights_path: str | Path |
     encoder.pretrained = False
     encoder.init_description = (f"random init (seed {seed}{', He/Kaiming normal' if random_init == 'kaiming' else ''}), "
                                 f"no pre-trained weights")
+    if dropout is not None:
+        set_dropout(encoder, dropout)
+        encoder.init_description += f"; dropout {dropout:g}"
     if weights_path is not None:
         load_backbone_weights(encoder, weights_path)
+    return encoder
+
+
+def set_dropout(encoder: torch.nn.Module, p: float) -> torch.nn.Module:
+    """Set the probability of every `nn.Dropout` in `encoder` to p (in place)."""
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = float(p)
     return encoder
 
 

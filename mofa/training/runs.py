@@ -32,11 +32,13 @@ def make_encoder(cfg: Mapping, name: str, decoder: Decoder, seed: int | None = N
     bound = tr["rotation_bound_deg"]
     return build_encoder(name, decoder.layout, weights_path=cfg["encoders"][name]["weights_path"],
                          rotation_bound_rad=None if bound is None else math.radians(bound),
-                         seed=cfg["seed"] if seed is None else seed, random_init=cfg["encoders"][name]["random_init"])
+                         seed=cfg["seed"] if seed is None else seed, random_init=cfg["encoders"][name]["random_init"],
+                         dropout=cfg["encoders"][name]["dropout"])
 
 
 def settings_for(cfg: Mapping, iterations: int, n_evals: int, progress: bool = True,
-                 land_until: float | None = None, light_first: float = 0.0, fit_light: int = 0) -> TrainSettings:
+                 land_until: float | None = None, light_first: float = 0.0, fit_light: int = 0,
+                 hold: tuple[str, ...] = (), hold_until: float = 0.0) -> TrainSettings:
     """TrainSettings with `n_evals` evenly spaced evaluations (plus iteration 0)."""
     tr = cfg["training"]
     step = max(1, iterations // max(1, n_evals))
@@ -44,7 +46,8 @@ def settings_for(cfg: Mapping, iterations: int, n_evals: int, progress: bool = T
                          rho=tr["rho"], eps=tr["eps"], eval_at=tuple(range(step, iterations + 1, step)),
                          checkpoint_every=tr["checkpoint_every"], input_size=tr["input_size"],
                          seed=cfg["seed"], land_decay_to=tr["land_decay_to"], land_until=land_until, blur_sigma_px=tr["blur_sigma_px"],
-                         blur_until=tr["blur_until"], light_first=light_first, fit_light=fit_light, progress=progress)
+                         blur_until=tr["blur_until"], light_first=light_first, fit_light=fit_light,
+                         hold=tuple(hold), hold_until=hold_until, progress=progress)
 
 
 def loss_weights(cfg: Mapping, landmarks: bool) -> LossWeights:
@@ -56,7 +59,8 @@ def loss_weights(cfg: Mapping, landmarks: bool) -> LossWeights:
 def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: str, data, evaluate_factory,
                  iterations: int, n_evals: int, landmarks: bool = False,
                  init_from: Path | None = None, landmark_warmup: float = 0.0,
-                 light_first: float = 0.0, fit_light: int = 0) -> tuple[pd.DataFrame, torch.nn.Module]:
+                 light_first: float = 0.0, fit_light: int = 0, hold: tuple[str, ...] = (),
+                 hold_until: float = 0.0) -> tuple[pd.DataFrame, torch.nn.Module]:
     """Train one encoder and return (metrics table, trained encoder).
 
     evaluate_factory(decoder, device) -> (encoder -> dict of metrics); init_from: encoder weights to
@@ -64,7 +68,9 @@ def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: st
     run without landmarks, a fraction f > 0 turns the landmark term on at its configured weight and
     lets it fall linearly to 0 at f * iterations (photometric only after that); light_first: the
     fraction of the iterations at the start that train only the light outputs; fit_light: IRLS solves
-    of each image's own light for the photometric term (0: the encoder's light; `TrainSettings`).
+    of each image's own light for the photometric term (0: the encoder's light; `TrainSettings`);
+    hold, hold_until: code parts or pose entries that get no gradient for that fraction of the
+    iterations at the start (`TrainSettings`).
     """
     device = select_device(cfg)
     decoder = training_decoder(cfg, model).to(device)
@@ -75,7 +81,8 @@ def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: st
     write_encoder_card(run_dir, cfg, encoder_name, decoder, encoder)
     warmup = landmark_warmup if not landmarks and landmark_warmup > 0 else None
     table = train(run_dir, encoder, decoder, data, settings_for(cfg, iterations, n_evals, land_until=warmup,
-                                                                    light_first=light_first, fit_light=fit_light),
+                                                                    light_first=light_first, fit_light=fit_light,
+                                                                    hold=hold, hold_until=hold_until),
                   loss_weights(cfg, landmarks or warmup is not None), evaluate_factory(decoder, device), device)
     return table, encoder
 

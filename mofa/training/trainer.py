@@ -51,7 +51,10 @@ class TrainSettings:
     gets no gradient), and the blur schedule starts after them; fit_light: with n > 0, the photometric
     term uses each image's own best light for the rest of the code (n IRLS solves of the l2,1 fit,
     `with_fitted_light`; no gradient through it) instead of the encoder's light, and the encoder's light
-    output learns that light by regression (LIGHT_TARGET_WEIGHT)."""
+    output learns that light by regression (LIGHT_TARGET_WEIGHT); hold: code parts or single pose
+    entries (names as `CodeLayout.mask`, e.g. "roll", "tx") that get no gradient during the first
+    hold_until * iterations steps, so they keep their starting output (zero from a fresh head) while the
+    rest of the code learns."""
     iterations: int
     batch_size: int = 5
     lr: float = 0.1
@@ -68,6 +71,8 @@ class TrainSettings:
     blur_until: float = 0.5
     light_first: float = 0.0
     fit_light: int = 0
+    hold: tuple[str, ...] = ()
+    hold_until: float = 0.0
     progress: bool = True
 
     def eval_points(self) -> list[int]:
@@ -98,6 +103,10 @@ def blur_sigma(settings: TrainSettings, it: int) -> float:
 
 def light_only_steps(settings: TrainSettings) -> int:
     return int(round(settings.light_first * settings.iterations))
+
+
+def held_steps(settings: TrainSettings) -> int:
+    return int(round(settings.hold_until * settings.iterations)) if settings.hold else 0
 
 
 def encoder_input(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -189,6 +198,10 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
         raise MofaError(f"training data has {n} images, fewer than the batch size {settings.batch_size}")
     base_land = weights.land
     light = decoder.layout.mask("light", device=device)
+    try:
+        held = decoder.layout.mask(*settings.hold, device=device)
+    except ValueError as exc:
+        raise MofaError(f"training setting hold: {exc}") from None
     if start_it == 0 and 0 in eval_points and evaluate is not None:
         rows.append({"iteration": 0, "seconds": 0.0, **evaluate(encoder)})
         atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
@@ -205,6 +218,8 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
         if it <= light_only_steps(settings):
             # from the mean face the pose gradient is mostly noise until the light matches the image
             code = torch.where(light, code, code.detach())
+        if it <= held_steps(settings):
+            code = torch.where(held, code.detach(), code)
         use_landmarks = w.land > 0 and "landmarks" in batch
         images = gaussian_blur(batch["images"], blur_sigma(settings, it))
         light_target = None
@@ -249,4 +264,5 @@ def _settings_key(settings: TrainSettings) -> dict:
     d = dataclasses.asdict(settings)
     d.pop("progress")
     d["eval_at"] = list(d["eval_at"])
+    d["hold"] = list(d["hold"])
     return d
