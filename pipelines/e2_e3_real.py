@@ -90,7 +90,7 @@ def init_weights(cfg: Mapping, encoder: str) -> Path | None:
 def run_key(cfg: Mapping, encoder: str, landmarks: bool, init: Path | None) -> dict:
     e3 = cfg["e3"]
     sections = {s: cfg[s] for s in PARAMS if s not in ("e1", "e3")}
-    sections["e3"] = {k: e3[k] for k in ("evaluations", "synthetic_fraction", "init_from_e1")} | {encoder: e3[encoder]}
+    sections["e3"] = {k: e3[k] for k in ("evaluations", "synthetic_fraction", "init_from_e1", "fit_light")} | {encoder: e3[encoder]}
     init_stamp = None
     if init is not None:
         stat = init.stat()
@@ -161,7 +161,7 @@ def run(cfg: dict) -> dict:
         with _stage.timed(f"{name}: {e3[encoder_name]['iterations']} iterations"):
             table, encoder = run_training(vcfg, folder, model, encoder_name, mix, evaluate,
                                           e3[encoder_name]["iterations"], e3["evaluations"], landmarks=landmarks,
-                                          init_from=init)
+                                          init_from=init, fit_light=e3["fit_light"])
         init_description = f"from E1's weights ({init})" if init is not None else encoder.init_description
         decoder = training_decoder(vcfg, model).to(select_device(vcfg))
         with torch.no_grad(), _stage.timed(f"{name}: AFLW2000-3D benchmark on {len(eval_real)} images"):

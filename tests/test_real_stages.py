@@ -257,7 +257,7 @@ def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch, 
     cfg = load_config("ci", {"results_dir": str(tmp_path / "results"), "synthetic.n_train": 4, "synthetic.n_test": 1,
                              "real_data.max_images": 14, "e3.encoders": ["alexnet"], "e3.evaluations": 1,
                              "e3.alexnet.iterations": 2, "e8.max_photos": 2, "training.eval_images": 2,
-                             "e4.steps": 2, "e4.real_images": 1})
+                             "e4.steps": 2, "e4.real_images": 1, "e3.fit_light": 1})
     synthetic.run(cfg)
     e1_weights = e1_synthetic.outputs(cfg)["encoder"]  # stands in for E1's run
     e1_weights.parent.mkdir(parents=True)
@@ -313,6 +313,14 @@ def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch, 
     assert metrics["speedup"] == pytest.approx(metrics["gauss_newton_ms_per_image"] / metrics["fastest_encoder_ms_per_image"])
     per_image = pd.read_csv(outputs["per_image"])
     assert len(per_image) == 2 * len(methods)  # one image of each set
+
+
+def test_e3_run_key_names_the_light_option():
+    """A run trained with each image's fitted light is not resumed as one trained without it."""
+    from pipelines.e2_e3_real import run_key
+
+    plain, fitted = load_config("ci"), load_config("ci", {"e3.fit_light": 2})
+    assert run_key(plain, "alexnet", False, None)["config"] != run_key(fitted, "alexnet", False, None)["config"]
 
 
 def test_run_folder_starts_over_when_what_made_it_changed(tmp_path):
