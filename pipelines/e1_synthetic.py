@@ -52,7 +52,7 @@ def summary_table(curves: pd.DataFrame, encoder: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def warmup_note(cfg: Mapping, short: bool = False) -> str:
+def schedule_note(cfg: Mapping, short: bool = False) -> str:
     """What the table title (or, short, the figure title) says when E1 is not landmark-free from the
     first iteration, trains the light alone first, fits each image's light in the loss, or holds code
     entries at the start."""
@@ -100,9 +100,9 @@ def run(cfg: dict) -> dict:
     write_table(table, out["table"], out["table_md"], cfg,
                 title=f"E1 (Fig. 10): {e1['encoder']} without landmarks, synthetic test set "
                       f"({min(cfg['training']['eval_images'], len(test_set))} images); {encoder.init_description}"
-                      + warmup_note(cfg), stage=NAME)
+                      + schedule_note(cfg), stage=NAME)
     plot_curves(curves, [(m, u) for m, u in METRICS], out["figure"],
-                title=f"E1: {e1['encoder']} on synthetic data ({cfg['preset']} preset{warmup_note(cfg, short=True)})",
+                title=f"E1: {e1['encoder']} on synthetic data ({cfg['preset']} preset{schedule_note(cfg, short=True)})",
                 paper={m: (t.paper_start, t.paper_end) for m, t in zip([m for m, _ in METRICS], table.itertuples())},
                 metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["figure"])

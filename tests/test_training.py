@@ -202,19 +202,19 @@ def test_blur_schedule_starts_after_the_light_only_steps():
     assert [blur_sigma(staged, it) for it in (1, 20, 21, 41, 61, 100)] == [4.0, 4.0, 4.0, 2.0, 0.0, 0.0]
 
 
-def test_e1_titles_say_when_the_light_trains_alone_first():
+def test_e1_titles_name_every_schedule_option():
     from mofa.config import load_config
-    from pipelines.e1_synthetic import warmup_note
+    from pipelines.e1_synthetic import schedule_note
 
-    assert warmup_note(load_config("ci")) == ""
+    assert schedule_note(load_config("ci")) == ""
     cfg = load_config("ci", {"e1.light_first": 0.25, "e1.iterations": 40})
-    assert warmup_note(cfg) == "; only the light trained for the first 10 iterations"
-    assert warmup_note(cfg, short=True) == ", light alone for 10 its"
+    assert schedule_note(cfg) == "; only the light trained for the first 10 iterations"
+    assert schedule_note(cfg, short=True) == ", light alone for 10 its"
     both = load_config("ci", {"e1.light_first": 0.25, "e1.iterations": 40, "e1.landmark_warmup": 0.5})
-    assert warmup_note(both, short=True) == ", light alone for 10 its, landmark warm-up over 50% of the run"
+    assert schedule_note(both, short=True) == ", light alone for 10 its, landmark warm-up over 50% of the run"
     fitted = load_config("ci", {"e1.fit_light": 4})
-    assert warmup_note(fitted, short=True) == ", each image's own best light in the loss"
-    assert "own best light" in warmup_note(fitted)
+    assert schedule_note(fitted, short=True) == ", each image's own best light in the loss"
+    assert "own best light" in schedule_note(fitted)
     held = load_config("ci", {"e1.hold": ["roll", "tx"], "e1.hold_until": 0.5, "e1.iterations": 40})
-    assert warmup_note(held, short=True) == ", roll/tx held for 20 its"
-    assert warmup_note(held) == "; roll, tx got no gradient (kept the mean face's) for the first 20 iterations"
+    assert schedule_note(held, short=True) == ", roll/tx held for 20 its"
+    assert schedule_note(held) == "; roll, tx got no gradient (kept the mean face's) for the first 20 iterations"
