@@ -51,11 +51,6 @@ def _adam(decoder: Decoder, start: torch.Tensor, images: torch.Tensor, weights: 
     return code.detach()
 
 
-def pose_index(decoder: Decoder, entry: str) -> int:
-    """Column of a pose entry (POSE_ENTRIES) in the code."""
-    return decoder.layout.index(entry)
-
-
 def gradient_agreement(decoder: Decoder, codes: torch.Tensor, truth: torch.Tensor, images: torch.Tensor,
                        weights: LossWeights, sigma: float = 0.0) -> dict[str, float]:
     """Per pose entry, the share of images whose photometric loss gradient at `codes` (B, D) points
@@ -66,7 +61,7 @@ def gradient_agreement(decoder: Decoder, codes: torch.Tensor, truth: torch.Tenso
     (grad,) = torch.autograd.grad(terms.total, code)
     shares = {}
     for entry in POSE_ENTRIES:
-        k = pose_index(decoder, entry)
+        k = decoder.layout.index(entry)
         towards, needed = torch.sign(-grad[:, k]), torch.sign(truth[:, k] - codes[:, k])
         moving = needed != 0
         shares[entry] = float((towards[moving] == needed[moving]).float().mean()) if moving.any() else float("nan")

@@ -113,6 +113,15 @@ def test_encoder_dropout_must_be_a_probability_below_one():
         load_config("ci", {"encoders": {"alexnet": {"dropout": 1.0}}})
 
 
+def test_hold_names_in_the_schema_are_the_layouts():
+    """e1.hold's enum lists exactly the names CodeLayout.mask accepts: the code parts and the pose entries."""
+    from mofa.decoder.layout import POSE_ENTRIES, CodeLayout
+
+    schema = yaml.safe_load((CONFIG_DIR / "schema.yaml").read_text())
+    enum = schema["properties"]["e1"]["properties"]["hold"]["items"]["enum"]
+    assert enum == [*CodeLayout(1, 1, 1).slices, *POSE_ENTRIES]
+
+
 def test_number_written_as_text_gets_a_hint(tmp_path):
     path = tmp_path / "my.yaml"
     path.write_text("preset: ci\ncamera:\n  focal_length_px: 8e2\n")  # YAML 1.1 reads 8e2 as a string
