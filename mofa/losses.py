@@ -45,7 +45,8 @@ def sample_image(images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     grid = points * scale - 1.0  # (B, N, 2)
     sampled = F.grid_sample(images, grid[:, :, None, :], mode="bilinear", padding_mode="zeros",
                             align_corners=True)  # (B, C, N, 1)
-    return sampled[..., 0].transpose(1, 2)
+    # contiguous: a norm over the last axis of the transposed view is ~50x slower on the CPU
+    return sampled[..., 0].transpose(1, 2).contiguous()
 
 
 def inside_image(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
