@@ -82,6 +82,7 @@ def run(cfg: dict) -> dict:
     from mofa.figures.curves import plot_curves
     from mofa.training.evaluate import synthetic_evaluator
     from mofa.training.runs import prepare_run_dir, run_training
+    from mofa.training.trainer import Schedule
     from pipelines.tables import figure_metadata, write_table
 
     e1, out = cfg["e1"], outputs(cfg)
@@ -94,8 +95,7 @@ def run(cfg: dict) -> dict:
                                    "data": [train_set.manifest, test_set.manifest]})
     curves, encoder = run_training(cfg, run_dir(cfg), model, e1["encoder"], train_set, evaluate,
                                    e1["iterations"], e1["evaluations"], landmarks=False,
-                                   landmark_warmup=e1["landmark_warmup"], light_first=e1["light_first"],
-                                   fit_light=e1["fit_light"], hold=tuple(e1["hold"]), hold_until=e1["hold_until"])
+                                   schedule=Schedule.from_config(e1))
     table = summary_table(curves, e1["encoder"])
     write_table(table, out["table"], out["table_md"], cfg,
                 title=f"E1 (Fig. 10): {e1['encoder']} without landmarks, synthetic test set "

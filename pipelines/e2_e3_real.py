@@ -138,6 +138,7 @@ def run(cfg: dict) -> dict:
     from mofa.training.evaluate import real_evaluator
     from mofa.training.mixed import MixedSource
     from mofa.training.runs import run_training, training_decoder
+    from mofa.training.trainer import Schedule
     from pipelines.tables import figure_metadata, write_table
 
     e3, out = cfg["e3"], outputs(cfg)
@@ -161,7 +162,7 @@ def run(cfg: dict) -> dict:
         with _stage.timed(f"{name}: {e3[encoder_name]['iterations']} iterations"):
             table, encoder = run_training(vcfg, folder, model, encoder_name, mix, evaluate,
                                           e3[encoder_name]["iterations"], e3["evaluations"], landmarks=landmarks,
-                                          init_from=init, fit_light=e3["fit_light"])
+                                          init_from=init, schedule=Schedule.from_config(e3, landmarks))
         init_description = f"from E1's weights ({init})" if init is not None else encoder.init_description
         decoder = training_decoder(vcfg, model).to(select_device(vcfg))
         with torch.no_grad(), _stage.timed(f"{name}: AFLW2000-3D benchmark on {len(eval_real)} images"):

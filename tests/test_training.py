@@ -14,7 +14,7 @@ from mofa.encoders import build_encoder
 from mofa.errors import MofaError
 from mofa.losses import LossWeights, mofa_loss
 from mofa.training.evaluate import synthetic_evaluator
-from mofa.training.trainer import (CHECKPOINT, FINAL, METRICS, TrainSettings, blur_sigma, encoder_input, landmark_weight,
+from mofa.training.trainer import (CHECKPOINT, FINAL, METRICS, Schedule, TrainSettings, blur_sigma, encoder_input, landmark_weight,
                                    train)
 
 CAMERA = PinholeCamera()
@@ -120,7 +120,7 @@ def test_zero_code_evaluation_is_the_mean_face(setup):
 def test_landmark_weight_schedules():
     constant = TrainSettings(iterations=10)
     decay = TrainSettings(iterations=11, land_decay_to=0.0)
-    warmup = TrainSettings(iterations=10, land_until=0.5)
+    warmup = TrainSettings(iterations=10, schedule=Schedule(land_until=0.5))
     assert [landmark_weight(constant, 2.0, it) for it in (1, 10)] == [2.0, 2.0]
     assert [landmark_weight(decay, 2.0, it) for it in (1, 6, 11)] == pytest.approx([2.0, 1.0, 0.0])
     # Falls linearly from 2 at iteration 1 to 0 at iteration 6 (half of 10), then stays 0.
@@ -133,7 +133,7 @@ def test_light_first_trains_only_the_light_outputs(setup, tmp_path):
     head's 0 (the mean face), while the light outputs move."""
     _, decoder, train_set, _ = setup
     encoder = fresh_encoder(decoder)
-    settings = dataclasses.replace(SETTINGS, iterations=4, eval_at=(), light_first=1.0)
+    settings = dataclasses.replace(SETTINGS, iterations=4, eval_at=(), schedule=Schedule(light_first=1.0))
     train(tmp_path, encoder, decoder, train_set, settings, LossWeights())
     encoder.eval()
     with torch.no_grad():
@@ -155,8 +155,8 @@ def test_hold_keeps_the_held_entries_at_the_mean_face_until_released(setup, tmp_
     codes = {}
     for name, until in (("always", 1.0), ("half", 0.5)):
         encoder = fresh_encoder(decoder)
-        settings = dataclasses.replace(SETTINGS, iterations=4, eval_at=(), hold=("roll", "tx", "expression"),
-                                       hold_until=until)
+        settings = dataclasses.replace(SETTINGS, iterations=4, eval_at=(),
+                                       schedule=Schedule(hold=("roll", "tx", "expression"), hold_until=until))
         train(tmp_path / name, encoder, decoder, train_set, settings, LossWeights())
         encoder.eval()
         with torch.no_grad():
@@ -166,7 +166,7 @@ def test_hold_keeps_the_held_entries_at_the_mean_face_until_released(setup, tmp_
     assert codes["half"][:, held].abs().max() > 0
     with pytest.raises(MofaError, match="hold: unknown code part 'nose'"):
         train(tmp_path / "bad", fresh_encoder(decoder), decoder, train_set,
-              dataclasses.replace(SETTINGS, iterations=1, eval_at=(), hold=("nose",), hold_until=1.0), LossWeights())
+              dataclasses.replace(SETTINGS, iterations=1, eval_at=(), schedule=Schedule(hold=("nose",), hold_until=1.0)), LossWeights())
 
 
 def test_fit_light_trains_the_light_output_towards_each_images_fitted_light(setup, tmp_path):
@@ -178,7 +178,7 @@ def test_fit_light_trains_the_light_output_towards_each_images_fitted_light(setu
     _, decoder, train_set, _ = setup
     images = train_set.batch(np.arange(8))["images"]
     encoder = fresh_encoder(decoder)
-    settings = dataclasses.replace(SETTINGS, iterations=8, eval_at=(), light_first=1.0, fit_light=2)
+    settings = dataclasses.replace(SETTINGS, iterations=8, eval_at=(), schedule=Schedule(light_first=1.0, fit_light=2))
     light = decoder.layout.slices["light"]
     encoder.eval()
     with torch.no_grad():
@@ -198,7 +198,7 @@ def test_fit_light_trains_the_light_output_towards_each_images_fitted_light(setu
 def test_blur_schedule_starts_after_the_light_only_steps():
     plain = TrainSettings(iterations=100, blur_sigma_px=4.0, blur_until=0.5)
     assert [blur_sigma(plain, it) for it in (1, 26, 51, 100)] == [4.0, 2.0, 0.0, 0.0]
-    staged = dataclasses.replace(plain, light_first=0.2)  # 20 light-only steps, then 40 of blur decay
+    staged = dataclasses.replace(plain, schedule=Schedule(light_first=0.2))  # 20 light-only steps, then 40 of blur decay
     assert [blur_sigma(staged, it) for it in (1, 20, 21, 41, 61, 100)] == [4.0, 4.0, 4.0, 2.0, 0.0, 0.0]
 
 
@@ -218,3 +218,23 @@ def test_e1_titles_name_every_schedule_option():
     held = load_config("ci", {"e1.hold": ["roll", "tx"], "e1.hold_until": 0.5, "e1.iterations": 40})
     assert schedule_note(held, short=True) == ", roll/tx held for 20 its"
     assert schedule_note(held) == "; roll, tx got no gradient (kept the mean face's) for the first 20 iterations"
+
+
+def test_schedule_from_config_reads_each_sections_schedule_keys():
+    """Schedule.from_config is the one place that turns e1/e3 keys into a Schedule: E1's five keys,
+    E3's fit_light alone, a landmark warm-up only for runs without landmarks (run_training refuses
+    one with landmarks)."""
+    from mofa.config import load_config
+    from mofa.training.runs import run_training
+
+    e1 = load_config("default")["e1"]
+    s = Schedule.from_config(e1)
+    assert (s.fit_light, s.hold, s.hold_until, s.light_first, s.land_until) == (
+        e1["fit_light"], tuple(e1["hold"]), e1["hold_until"], e1["light_first"], None)
+    warm = load_config("ci", {"e1.landmark_warmup": 0.4, "e1.light_first": 0.1})["e1"]
+    assert Schedule.from_config(warm) == Schedule(land_until=0.4, light_first=0.1)
+    assert Schedule.from_config(warm, landmarks=True).land_until is None
+    assert Schedule.from_config(load_config("ci", {"e3.fit_light": 3})["e3"]) == Schedule(fit_light=3)
+    with pytest.raises(ValueError, match="land_until"):
+        run_training(load_config("ci"), None, None, "alexnet", None, None, 1, 1, landmarks=True,
+                     schedule=Schedule(land_until=0.5))

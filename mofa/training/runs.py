@@ -17,7 +17,7 @@ from mofa.decoder import Decoder
 from mofa.encoders import build_encoder
 from mofa.facemodel.model import FaceModel
 from mofa.losses import LossWeights
-from mofa.training.trainer import TrainSettings, train
+from mofa.training.trainer import Schedule, TrainSettings, train
 
 
 def training_decoder(cfg: Mapping, model: FaceModel) -> Decoder:
@@ -37,17 +37,15 @@ def make_encoder(cfg: Mapping, name: str, decoder: Decoder, seed: int | None = N
 
 
 def settings_for(cfg: Mapping, iterations: int, n_evals: int, progress: bool = True,
-                 land_until: float | None = None, light_first: float = 0.0, fit_light: int = 0,
-                 hold: tuple[str, ...] = (), hold_until: float = 0.0) -> TrainSettings:
+                 schedule: Schedule = Schedule()) -> TrainSettings:
     """TrainSettings with `n_evals` evenly spaced evaluations (plus iteration 0)."""
     tr = cfg["training"]
     step = max(1, iterations // max(1, n_evals))
     return TrainSettings(iterations=iterations, batch_size=tr["batch_size"], lr=tr["lr"], lr_z=tr["lr_z"],
                          rho=tr["rho"], eps=tr["eps"], eval_at=tuple(range(step, iterations + 1, step)),
                          checkpoint_every=tr["checkpoint_every"], input_size=tr["input_size"],
-                         seed=cfg["seed"], land_decay_to=tr["land_decay_to"], land_until=land_until, blur_sigma_px=tr["blur_sigma_px"],
-                         blur_until=tr["blur_until"], light_first=light_first, fit_light=fit_light,
-                         hold=tuple(hold), hold_until=hold_until, progress=progress)
+                         seed=cfg["seed"], land_decay_to=tr["land_decay_to"], blur_sigma_px=tr["blur_sigma_px"],
+                         blur_until=tr["blur_until"], schedule=schedule, progress=progress)
 
 
 def loss_weights(cfg: Mapping, landmarks: bool) -> LossWeights:
@@ -58,20 +56,17 @@ def loss_weights(cfg: Mapping, landmarks: bool) -> LossWeights:
 
 def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: str, data, evaluate_factory,
                  iterations: int, n_evals: int, landmarks: bool = False,
-                 init_from: Path | None = None, landmark_warmup: float = 0.0,
-                 light_first: float = 0.0, fit_light: int = 0, hold: tuple[str, ...] = (),
-                 hold_until: float = 0.0) -> tuple[pd.DataFrame, torch.nn.Module]:
+                 init_from: Path | None = None,
+                 schedule: Schedule = Schedule()) -> tuple[pd.DataFrame, torch.nn.Module]:
     """Train one encoder and return (metrics table, trained encoder).
 
     evaluate_factory(decoder, device) -> (encoder -> dict of metrics); init_from: encoder weights to
-    start from (e.g. a synthetic run) instead of the config's backbone weights; landmark_warmup: for a
-    run without landmarks, a fraction f > 0 turns the landmark term on at its configured weight and
-    lets it fall linearly to 0 at f * iterations (photometric only after that); light_first: the
-    fraction of the iterations at the start that train only the light outputs; fit_light: IRLS solves
-    of each image's own light for the photometric term (0: the encoder's light; `TrainSettings`);
-    hold, hold_until: code parts or pose entries that get no gradient for that fraction of the
-    iterations at the start (`TrainSettings`).
+    start from (e.g. a synthetic run) instead of the config's backbone weights; schedule: what trains
+    when (`Schedule.from_config` reads it from an experiment's section); its land_until, a landmark
+    warm-up, turns the landmark term on at its configured weight in a run without landmarks.
     """
+    if landmarks and schedule.land_until is not None:
+        raise ValueError("a landmark warm-up (schedule.land_until) is for runs without landmarks")
     device = select_device(cfg)
     decoder = training_decoder(cfg, model).to(device)
     encoder = make_encoder(cfg, encoder_name, decoder)
@@ -79,11 +74,9 @@ def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: st
         encoder.load_state_dict(torch.load(init_from, map_location="cpu", weights_only=True))
         encoder.init_description = f"started from the weights {init_from}"
     write_encoder_card(run_dir, cfg, encoder_name, decoder, encoder)
-    warmup = landmark_warmup if not landmarks and landmark_warmup > 0 else None
-    table = train(run_dir, encoder, decoder, data, settings_for(cfg, iterations, n_evals, land_until=warmup,
-                                                                    light_first=light_first, fit_light=fit_light,
-                                                                    hold=hold, hold_until=hold_until),
-                  loss_weights(cfg, landmarks or warmup is not None), evaluate_factory(decoder, device), device)
+    table = train(run_dir, encoder, decoder, data, settings_for(cfg, iterations, n_evals, schedule=schedule),
+                  loss_weights(cfg, landmarks or schedule.land_until is not None), evaluate_factory(decoder, device),
+                  device)
     return table, encoder
 
 

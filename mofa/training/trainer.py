@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -40,21 +41,44 @@ class TrainingData(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    """One training run. iterations: optimiser steps; eval_at: iterations at which to evaluate
-    (0 and the last are always included); input_size: side the images are resized to for the
-    encoder (the loss always sees the full crop); land_decay_to: landmark weight at the last
-    iteration (linear decay from the loss weight's value; None keeps it constant); land_until: with
-    a value f in (0, 1], the landmark weight instead falls linearly from its value to 0 at iteration
-    f * iterations and stays 0 after (a warm-up for otherwise landmark-free runs); light_first: the
-    first light_first * iterations steps train only the light outputs (the rest of the code is used but
-    gets no gradient), and the blur schedule starts after them; fit_light: with n > 0, the photometric
-    term uses each image's own best light for the rest of the code (n IRLS solves of the l2,1 fit,
+class Schedule:
+    """What trains when, beyond the paper's plain schedule (everything off by default).
+
+    land_until: with f in (0, 1], the landmark weight falls linearly from its value to 0 at iteration
+    f * iterations and stays 0 after (a warm-up for otherwise landmark-free runs); light_first: the first
+    light_first * iterations steps train only the light outputs (the rest of the code is used but gets
+    no gradient), and the blur schedule starts after them; fit_light: with n > 0, the photometric term
+    uses each image's own best light for the rest of the code (n IRLS solves of the l2,1 fit,
     `with_fitted_light`; no gradient through it) instead of the encoder's light, and the encoder's light
     output learns that light by regression (LIGHT_TARGET_WEIGHT); hold: code parts or single pose
     entries (names as `CodeLayout.mask`, e.g. "roll", "tx") that get no gradient during the first
     hold_until * iterations steps, so they keep their starting output (zero from a fresh head) while the
     rest of the code learns."""
+    land_until: float | None = None
+    light_first: float = 0.0
+    fit_light: int = 0
+    hold: tuple[str, ...] = ()
+    hold_until: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hold", tuple(self.hold))
+
+    @classmethod
+    def from_config(cls, section: Mapping, landmarks: bool = False) -> "Schedule":
+        """From an experiment's config section: its `light_first`, `fit_light`, `hold` and `hold_until`
+        keys where it has them, and `landmark_warmup` f > 0 as land_until for a run without landmarks."""
+        keys = {k: section[k] for k in ("light_first", "fit_light", "hold", "hold_until") if k in section}
+        warmup = section.get("landmark_warmup") or 0.0
+        return cls(land_until=warmup if warmup > 0 and not landmarks else None, **keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """One training run. iterations: optimiser steps; eval_at: iterations at which to evaluate
+    (0 and the last are always included); input_size: side the images are resized to for the
+    encoder (the loss always sees the full crop); land_decay_to: landmark weight at the last
+    iteration (linear decay from the loss weight's value; None keeps it constant); schedule: what
+    trains when (`Schedule`)."""
     iterations: int
     batch_size: int = 5
     lr: float = 0.1
@@ -66,13 +90,9 @@ class TrainSettings:
     input_size: int = 240
     seed: int = 0
     land_decay_to: float | None = None
-    land_until: float | None = None
     blur_sigma_px: float = 0.0
     blur_until: float = 0.5
-    light_first: float = 0.0
-    fit_light: int = 0
-    hold: tuple[str, ...] = ()
-    hold_until: float = 0.0
+    schedule: Schedule = Schedule()
     progress: bool = True
 
     def eval_points(self) -> list[int]:
@@ -102,11 +122,11 @@ def blur_sigma(settings: TrainSettings, it: int) -> float:
 
 
 def light_only_steps(settings: TrainSettings) -> int:
-    return int(round(settings.light_first * settings.iterations))
+    return int(round(settings.schedule.light_first * settings.iterations))
 
 
 def held_steps(settings: TrainSettings) -> int:
-    return int(round(settings.hold_until * settings.iterations)) if settings.hold else 0
+    return int(round(settings.schedule.hold_until * settings.iterations)) if settings.schedule.hold else 0
 
 
 def encoder_input(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -149,11 +169,11 @@ def load_checkpoint(path: Path) -> dict:
 def landmark_weight(settings: TrainSettings, base: float, it: int) -> float:
     """The landmark weight at iteration `it` (1-based) of a run whose loss weight is `base`: constant,
     a linear decay to settings.land_decay_to at the last iteration, or a warm-up falling linearly to 0
-    at settings.land_until * iterations."""
+    at settings.schedule.land_until * iterations."""
     if base <= 0:
         return base
-    if settings.land_until is not None:
-        return base * max(0.0, 1.0 - (it - 1) / (settings.land_until * settings.iterations))
+    if settings.schedule.land_until is not None:
+        return base * max(0.0, 1.0 - (it - 1) / (settings.schedule.land_until * settings.iterations))
     if settings.land_decay_to is not None:
         return base + (it - 1) / max(1, settings.iterations - 1) * (settings.land_decay_to - base)
     return base
@@ -199,7 +219,7 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
     base_land = weights.land
     light = decoder.layout.mask("light", device=device)
     try:
-        held = decoder.layout.mask(*settings.hold, device=device)
+        held = decoder.layout.mask(*settings.schedule.hold, device=device)
     except ValueError as exc:
         raise MofaError(f"training setting hold: {exc}") from None
     if start_it == 0 and 0 in eval_points and evaluate is not None:
@@ -223,9 +243,9 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
         use_landmarks = w.land > 0 and "landmarks" in batch
         images = gaussian_blur(batch["images"], blur_sigma(settings, it))
         light_target = None
-        if settings.fit_light:
+        if settings.schedule.fit_light:
             # with the wrong light the pose gradient is mostly noise; each image's best light is not
-            fitted = with_fitted_light(decoder, code, images, settings.fit_light)
+            fitted = with_fitted_light(decoder, code, images, settings.schedule.fit_light)
             light_target = LIGHT_TARGET_WEIGHT * ((code - fitted)[:, light] ** 2).sum(-1).mean()
             code = torch.where(light, fitted, code)
         terms = mofa_loss(decoder, code, images, batch.get("landmarks") if use_landmarks else None,
@@ -264,5 +284,5 @@ def _settings_key(settings: TrainSettings) -> dict:
     d = dataclasses.asdict(settings)
     d.pop("progress")
     d["eval_at"] = list(d["eval_at"])
-    d["hold"] = list(d["hold"])
+    d["schedule"]["hold"] = list(d["schedule"]["hold"])
     return d
