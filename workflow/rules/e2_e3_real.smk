@@ -7,6 +7,7 @@ rule e2_e3_real:
     params:
         command=stage_command("e2_e3_real"),
         settings=stage_params("e2_e3_real"),
+    threads: workflow.cores  # torch uses every core; Snakemake would otherwise allow one (and set OMP_NUM_THREADS=1)
     log:
         stage_log("e2_e3_real"),
     benchmark:

@@ -7,6 +7,7 @@ rule e8_qualitative:
     params:
         command=stage_command("e8_qualitative"),
         settings=stage_params("e8_qualitative"),
+    threads: workflow.cores  # torch uses every core; Snakemake would otherwise allow one (and set OMP_NUM_THREADS=1)
     log:
         stage_log("e8_qualitative"),
     benchmark:
