@@ -88,9 +88,12 @@ def init_weights(cfg: Mapping, encoder: str) -> Path | None:
 
 
 def run_key(cfg: Mapping, encoder: str, landmarks: bool, init: Path | None) -> dict:
+    from mofa.training.trainer import SCHEDULE_KEYS  # torch: not at import (Snakemake reads this module)
+
     e3 = cfg["e3"]
     sections = {s: cfg[s] for s in PARAMS if s not in ("e1", "e3")}
-    sections["e3"] = {k: e3[k] for k in ("evaluations", "synthetic_fraction", "init_from_e1", "fit_light")} | {encoder: e3[encoder]}
+    kept = ("evaluations", "synthetic_fraction", "init_from_e1", *SCHEDULE_KEYS)  # what a run's training depends on
+    sections["e3"] = {k: e3[k] for k in kept if k in e3} | {encoder: e3[encoder]}
     init_stamp = None
     if init is not None:
         stat = init.stat()

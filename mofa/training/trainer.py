@@ -40,6 +40,10 @@ class TrainingData(Protocol):
     def batch(self, indices, device="cpu") -> dict[str, torch.Tensor]: ...
 
 
+# The config keys an experiment's section may set to shape its Schedule (`Schedule.from_config`).
+SCHEDULE_KEYS = ("light_first", "fit_light", "hold", "hold_until", "landmark_warmup")
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """What trains when, beyond the paper's plain schedule (everything off by default).
@@ -65,10 +69,10 @@ class Schedule:
 
     @classmethod
     def from_config(cls, section: Mapping, landmarks: bool = False) -> "Schedule":
-        """From an experiment's config section: its `light_first`, `fit_light`, `hold` and `hold_until`
-        keys where it has them, and `landmark_warmup` f > 0 as land_until for a run without landmarks."""
-        keys = {k: section[k] for k in ("light_first", "fit_light", "hold", "hold_until") if k in section}
-        warmup = section.get("landmark_warmup") or 0.0
+        """From an experiment's config section: those of SCHEDULE_KEYS it has, `landmark_warmup` f > 0
+        becoming land_until for a run without landmarks."""
+        keys = {k: section[k] for k in SCHEDULE_KEYS if k in section}
+        warmup = keys.pop("landmark_warmup", None) or 0.0
         return cls(land_until=warmup if warmup > 0 and not landmarks else None, **keys)
 
 
