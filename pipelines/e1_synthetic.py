@@ -55,21 +55,22 @@ def summary_table(curves: pd.DataFrame, encoder: str) -> pd.DataFrame:
 def schedule_note(cfg: Mapping, short: bool = False) -> str:
     """What the table title (or, short, the figure title) says when E1 is not landmark-free from the
     first iteration, trains the light alone first, fits each image's light in the loss, or holds code
-    entries at the start."""
-    f, light, its = cfg["e1"]["landmark_warmup"], cfg["e1"]["light_first"], cfg["e1"]["iterations"]
+    entries at the start (read from the same `Schedule` the run trains with)."""
+    from mofa.training.trainer import Schedule
+
+    schedule, its = Schedule.from_config(cfg["e1"]), cfg["e1"]["iterations"]
     note = ""
-    if cfg["e1"]["fit_light"]:
+    if schedule.fit_light:
         note += (", each image's own best light in the loss" if short else
                  "; the photometric term used each image's own best light (solved, not the encoder's), "
                  "which the encoder's light output learned to predict")
-    held, held_its = cfg["e1"]["hold"], round(cfg["e1"]["hold_until"] * its)
-    if held and held_its:
-        note += (f", {'/'.join(held)} held for {held_its} its" if short else
-                 f"; {', '.join(held)} got no gradient (kept the mean face's) for the first {held_its} iterations")
-    if light:
-        note += (f", light alone for {round(light * its)} its" if short else
-                 f"; only the light trained for the first {round(light * its)} iterations")
-    if f:
+    if held := schedule.held_steps(its):
+        note += (f", {'/'.join(schedule.hold)} held for {held} its" if short else
+                 f"; {', '.join(schedule.hold)} got no gradient (kept the mean face's) for the first {held} iterations")
+    if light := schedule.light_only_steps(its):
+        note += (f", light alone for {light} its" if short else
+                 f"; only the light trained for the first {light} iterations")
+    if (f := schedule.land_until) is not None:
         note += (f", landmark warm-up over {f:.0%} of the run" if short else
                  f"; NOT the paper's landmark-free run: landmark warm-up, the landmark term falls from "
                  f"{cfg['loss']['land']:g} to 0 over the first {round(f * its)} iterations")

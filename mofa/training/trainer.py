@@ -75,6 +75,14 @@ class Schedule:
         warmup = keys.pop("landmark_warmup", None) or 0.0
         return cls(land_until=warmup if warmup > 0 and not landmarks else None, **keys)
 
+    def light_only_steps(self, iterations: int) -> int:
+        """Steps (from the first) in which only the light outputs train."""
+        return int(round(self.light_first * iterations))
+
+    def held_steps(self, iterations: int) -> int:
+        """Steps (from the first) in which the `hold` entries get no gradient."""
+        return int(round(self.hold_until * iterations)) if self.hold else 0
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
@@ -126,11 +134,11 @@ def blur_sigma(settings: TrainSettings, it: int) -> float:
 
 
 def light_only_steps(settings: TrainSettings) -> int:
-    return int(round(settings.schedule.light_first * settings.iterations))
+    return settings.schedule.light_only_steps(settings.iterations)
 
 
 def held_steps(settings: TrainSettings) -> int:
-    return int(round(settings.schedule.hold_until * settings.iterations)) if settings.schedule.hold else 0
+    return settings.schedule.held_steps(settings.iterations)
 
 
 def encoder_input(images: torch.Tensor, size: int) -> torch.Tensor:
