@@ -41,7 +41,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         input_size = args.input_size or camera.image_size
         fn = bench.bench_train if args.what == "train" else bench.bench_infer
         print(f"{args.what} on {bench.device_name(device)}, encoder input {input_size} px:")
-        print(bench.format_rows(fn(model, camera, encoders=args.encoders, input_size=input_size, device=device)))
+        modules = {name: cfg["encoders"].get(name, {}).get("module") for name in args.encoders}
+        print(bench.format_rows(fn(model, camera, encoders=args.encoders, input_size=input_size, device=device,
+                                   modules=modules)))
     else:
         raise MofaError(f"mofa bench: unknown benchmark '{args.what}'")
 

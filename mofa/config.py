@@ -110,6 +110,10 @@ def _describe(error: jsonschema.ValidationError) -> list[str]:
         unknown = sorted(k for k in error.instance if k not in known)
         where = f"{key} takes" if key else "known keys:"
         return [f"unknown key '{_key([*error.absolute_path, k])}' ({where} {', '.join(known)})" for k in unknown]
+    path = list(error.absolute_path)
+    if path[:1] == ["encoders"] and path[2:] == ["module"] and error.instance is None:  # an own encoder without it
+        return [f"encoders.{path[1]}: not a built-in encoder ({', '.join(builtin_encoders())}); an encoder of "
+                f"your own names the module that registers it (encoders.{path[1]}.module)"]
     if error.validator == "required":
         missing = [k for k in error.validator_value if k not in error.instance]
         return [f"missing key '{_key([*error.absolute_path, k])}'" for k in missing]
@@ -133,10 +137,46 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     schema = load_schema()
     validator = _with_defaults(jsonschema.validators.validator_for(schema))(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (_key(e.absolute_path), e.validator))
-    if errors:
-        problems = [m for e in errors for m in _describe(e)]
+    stray = _stray_e3_keys(cfg, schema)  # reported as unknown keys, not as schedules of the wrong type
+    errors = [e for e in errors if list(e.absolute_path)[:2] not in (["e3", key] for key in stray)]
+    problems = [m for e in errors for m in _describe(e)] or _encoder_problems(cfg, schema, stray)
+    if problems:
         raise MofaError(f"{source}: " + "; ".join(dict.fromkeys(problems)))
+    e3 = cfg.get("e3", {})
+    if any(name not in e3 for name in e3.get("encoders", ())):  # an own encoder's E3 schedule: its defaults
+        for name in e3["encoders"]:
+            e3.setdefault(name, {})
+        validator.validate(cfg)
     return cfg
+
+
+def builtin_encoders() -> list[str]:
+    """The encoders this project ships (the schema's `encoders` properties); others come from
+    `encoders.<name>.module`."""
+    return list(load_schema()["properties"]["encoders"]["properties"])
+
+
+def _stray_e3_keys(cfg: Mapping, schema: Mapping) -> list[str]:
+    """Keys of `e3` that are neither its own nor the schedule of an encoder in e3.encoders."""
+    e3, own = cfg.get("e3"), schema["properties"]["e3"]["properties"]
+    if not isinstance(e3, dict):
+        return []
+    encoders = e3.get("encoders") if isinstance(e3.get("encoders"), list) else []
+    return [key for key in e3 if key not in own and key not in encoders]
+
+
+def _encoder_problems(cfg: Mapping, schema: Mapping, stray_e3_keys: Sequence[str]) -> list[str]:
+    """Cross-key checks the schema cannot express: every encoder that an experiment names is built in
+    or configured under `encoders`, and every extra key of `e3` is the schedule of an encoder it trains."""
+    known = [*builtin_encoders(), *(n for n in cfg.get("encoders", {}) if n not in builtin_encoders())]
+    named = [("e1.encoder", [cfg.get("e1", {}).get("encoder")]), ("e3.encoders", cfg.get("e3", {}).get("encoders", [])),
+             ("e7.encoders", cfg.get("e7", {}).get("encoders", []))]
+    problems = [f"{key}: unknown encoder '{name}' (known: {', '.join(known)}; add your own under "
+                f"encoders.{name}.module)" for key, names in named for name in names if name not in known]
+    own_keys = schema["properties"]["e3"]["properties"]
+    problems += [f"unknown key 'e3.{key}' (e3 takes {', '.join(sorted(own_keys))}, or the schedule of an encoder "
+                 f"listed in e3.encoders)" for key in stray_e3_keys]
+    return problems
 
 
 def merge(base: dict, update: Mapping) -> dict:

@@ -65,7 +65,8 @@ class Reconstructor:
         mesh_decoder = Decoder(render_region_model(model), camera, cfg["light"]["ambient_offset"])
         bound = card["rotation_bound_deg"]
         encoder = build_encoder(card["encoder"], decoder.layout,
-                                rotation_bound_rad=None if bound is None else math.radians(bound))
+                                rotation_bound_rad=None if bound is None else math.radians(bound),
+                                module=card.get("module"))
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
             encoder.load_state_dict(state.get("encoder", state))  # a trainer checkpoint or bare weights

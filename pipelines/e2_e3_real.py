@@ -116,7 +116,7 @@ def variant_row(encoder: str, landmarks: bool, curves: pd.DataFrame, benchmark, 
         row[f"{metric}_start"] = start[f"{metric}_mean"]
         row[metric] = end[f"{metric}_mean"]
         row[f"{metric}_median"] = end[f"{metric}_median"]
-        row[f"paper_{metric}"] = paper_value("E3", metric, DISPLAY.get(encoder), "yes" if landmarks else "no")
+        row[f"paper_{metric}"] = paper_value("E3", metric, DISPLAY.get(encoder, encoder), "yes" if landmarks else "no")
     for name in (*YAW_BINS, "mean"):
         row[f"nme_{name}_pct"] = 100 * benchmark.table[name]
     in_bins = benchmark.per_image[benchmark.per_image["yaw_bin"] != ""]

@@ -38,7 +38,7 @@ def run(cfg: dict) -> dict:
     model, camera, device = build_face_model(cfg), camera_from_config(cfg), select_device(cfg)
     input_size = cfg["training"]["input_size"]
     common = dict(encoders=e7["encoders"], batch_sizes=e7["batch_sizes"], input_size=input_size, device=device,
-                  repeats=e7["repeats"])
+                  repeats=e7["repeats"], modules={name: cfg["encoders"][name]["module"] for name in e7["encoders"]})
     infer = pd.DataFrame(bench.bench_infer(model, camera, **common))
     train = pd.DataFrame(bench.bench_train(model, camera, **common))
     table = infer.merge(train, on=["encoder", "batch", "input_px", "device"])

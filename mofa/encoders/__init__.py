@@ -2,10 +2,12 @@
 
 Add an encoder in one place: subclass `Encoder` (see `head.py`), decorate it with
 `@register_encoder("name")`, and `build_encoder("name", layout)` builds it, from a seeded random init or
-from a pre-trained state dict.
+from a pre-trained state dict. The pipeline finds an encoder of your own through the config key
+`encoders.<name>.module`, the module to import (`build_encoder(..., module=)`).
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +37,21 @@ def register_encoder(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
     return register
 
 
+def ensure_registered(name: str, module: str | None = None) -> None:
+    """Import `module` (a dotted module path whose import registers encoders) unless `name` is
+    registered already; MofaError when the import fails or registers no encoder of that name."""
+    if name in ENCODERS or module is None:
+        return
+    try:
+        importlib.import_module(module)
+    except Exception as error:  # noqa: BLE001 - any failure of the user's module is reported the same way
+        raise MofaError(f"encoders.{name}.module: cannot import {module!r} ({type(error).__name__}: {error}); "
+                        f"it must be importable from the working directory or PYTHONPATH") from None
+    if name not in ENCODERS:
+        raise MofaError(f"encoders.{name}.module: importing {module!r} registered no encoder named {name!r}: "
+                        f"decorate its Encoder subclass with @register_encoder({name!r})")
+
+
 RANDOM_INITS = ("pytorch", "kaiming")
 
 
@@ -55,14 +72,16 @@ def kaiming_init_(encoder: Encoder) -> Encoder:
 
 def build_encoder(name: str, code_layout: CodeLayout, weights_path: str | Path | None = None,
                   rotation_bound_rad: float | None = None, seed: int = 0, random_init: str = "pytorch",
-                  dropout: float | None = None) -> Encoder:
+                  dropout: float | None = None, module: str | None = None) -> Encoder:
     """The encoder `name` with a zero-initialised code head of `code_layout.size` outputs.
 
     Backbone: seeded random init (the global RNG is left untouched; `random_init` "pytorch" = each
     layer's default, as torchvision; "kaiming" = `kaiming_init_`), or, with `weights_path`, a
     pre-trained state dict (its last layer is dropped: the code head replaces it). `dropout`: the
     probability of every `nn.Dropout` in training mode (None keeps the architecture's, 0.5 for
-    AlexNet and VGG as in torchvision; it has no weights, so any value loads the same files)."""
+    AlexNet and VGG as in torchvision; it has no weights, so any value loads the same files). `module`:
+    imported first when `name` is not registered yet (`ensure_registered`)."""
+    ensure_registered(name, module)
     if name not in ENCODERS:
         raise MofaError(f"unknown encoder {name!r}: choose one of {', '.join(sorted(ENCODERS))}")
     if random_init not in RANDOM_INITS:
@@ -154,4 +173,4 @@ def load_backbone_weights(encoder: Encoder, path: str | Path) -> None:
 
 __all__ = ["ENCODERS", "RANDOM_INITS", "kaiming_init_", "IMAGENET_MEAN", "IMAGENET_STD", "AlexNetEncoder", "CodeHead", "Encoder",
            "VGGFaceEncoder", "build_encoder", "convert_vgg_face_state_dict", "load_backbone_weights",
-           "register_encoder"]
+           "ensure_registered", "register_encoder"]

@@ -28,12 +28,11 @@ def training_decoder(cfg: Mapping, model: FaceModel) -> Decoder:
 
 def make_encoder(cfg: Mapping, name: str, decoder: Decoder, seed: int | None = None) -> torch.nn.Module:
     """The named encoder for this decoder's code layout, from the weights the config names (if any)."""
-    tr = cfg["training"]
-    bound = tr["rotation_bound_deg"]
-    return build_encoder(name, decoder.layout, weights_path=cfg["encoders"][name]["weights_path"],
+    bound, options = cfg["training"]["rotation_bound_deg"], cfg["encoders"][name]
+    return build_encoder(name, decoder.layout, weights_path=options["weights_path"],
                          rotation_bound_rad=None if bound is None else math.radians(bound),
-                         seed=cfg["seed"] if seed is None else seed, random_init=cfg["encoders"][name]["random_init"],
-                         dropout=cfg["encoders"][name]["dropout"])
+                         seed=cfg["seed"] if seed is None else seed, random_init=options["random_init"],
+                         dropout=options["dropout"], module=options["module"])
 
 
 def settings_for(cfg: Mapping, iterations: int, n_evals: int, progress: bool = True,
@@ -89,7 +88,7 @@ def write_encoder_card(run_dir: Path, cfg: Mapping, encoder_name: str, decoder: 
     card = {"encoder": encoder_name, "code_layout": decoder.layout.sizes, "input_size": cfg["training"]["input_size"],
             "rotation_bound_deg": cfg["training"]["rotation_bound_deg"], "face_model": dict(cfg["face_model"]),
             "camera": dict(cfg["camera"]), "light": dict(cfg["light"]), "init": encoder.init_description,
-            "preset": cfg["preset"]}
+            "preset": cfg["preset"], "module": cfg["encoders"][encoder_name]["module"]}
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     path = Path(run_dir) / ENCODER_CARD
     tmp = path.with_name(path.name + ".tmp")
@@ -116,7 +115,7 @@ def load_encoder(cfg: Mapping, name: str, decoder: Decoder, path: str | Path) ->
         settings = json.loads((path.parent / ENCODER_CARD).read_text())
     bound = cfg["training"]["rotation_bound_deg"]
     encoder = build_encoder(name, decoder.layout, rotation_bound_rad=None if bound is None else math.radians(bound),
-                            seed=cfg["seed"])
+                            seed=cfg["seed"], module=cfg["encoders"].get(name, {}).get("module"))
     try:
         encoder.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
