@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 PAPER_NUMBERS = Path(__file__).parent / "data" / "paper_numbers.csv"
+ENCODER_NAMES = {"alexnet": "AlexNet", "vgg_face": "VGG-Face"}  # the paper's names of the encoders it reports on
 
 
 @functools.lru_cache(maxsize=1)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from mofa.config import config_hash, results_dir
+from mofa.paper import ENCODER_NAMES
 from pipelines import _stage, e1_synthetic, real_data, synthetic
 
 NAME = "e2_e3_real"
@@ -29,7 +30,7 @@ NEEDS = ("synthetic", "e1_synthetic", "real_data")  # E1's weights are read only
 SOURCES = ("config/schema.yaml", "mofa", "pipelines/_stage.py", "pipelines/tables.py", "pipelines/synthetic.py",
            "pipelines/e1_synthetic.py", "pipelines/real_data.py", "pipelines/e2_e3_real.py")
 METRICS = (("landmark_error", "px"), ("photometric_error", "rgb_distance"))
-DISPLAY = {"alexnet": "AlexNet", "vgg_face": "VGG-Face"}
+DISPLAY = ENCODER_NAMES  # an encoder of your own shows its config name
 RUN_KEY = "run_key.json"
 log = logging.getLogger(f"mofa.stage.{NAME}")
 

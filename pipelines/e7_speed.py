@@ -31,7 +31,7 @@ def outputs(cfg: Mapping) -> dict[str, Path]:
 def run(cfg: dict) -> dict:
     from mofa import bench
     from mofa.facemodel import build_face_model
-    from mofa.paper import paper_value
+    from mofa.paper import ENCODER_NAMES, paper_value
     from pipelines.tables import write_table
 
     e7, out = cfg["e7"], outputs(cfg)
@@ -42,9 +42,8 @@ def run(cfg: dict) -> dict:
     infer = pd.DataFrame(bench.bench_infer(model, camera, **common))
     train = pd.DataFrame(bench.bench_train(model, camera, **common))
     table = infer.merge(train, on=["encoder", "batch", "input_px", "device"])
-    name = "AlexNet", "VGG-Face"
-    table["paper_inference_ms"] = [paper_value("E7", "inference_time", dict(alexnet=name[0], vgg_face=name[1]).get(e))
-                                   for e in table.encoder]
+    table["paper_inference_ms"] = [paper_value("E7", "inference_time", ENCODER_NAMES[e]) if e in ENCODER_NAMES else None
+                                   for e in table.encoder]  # the paper timed only its two encoders
     table["paper_device"] = "TitanX Pascal GPU"
     table["device"] = bench.device_name(device)
     write_table(table, out["table"], out["table_md"], cfg,

@@ -5,6 +5,8 @@ import json
 import sys
 import textwrap
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -97,7 +99,7 @@ def test_e1_and_e7_train_and_time_an_own_encoder_and_its_weights_reload(own_modu
     from mofa.config import camera_from_config
     from mofa.facemodel import build_face_model
     from mofa.reconstruct import Reconstructor
-    from pipelines import e1_synthetic, synthetic
+    from pipelines import e1_synthetic, e7_speed, synthetic
 
     cfg = load_config("ci", {**OWN, "results_dir": str(tmp_path / "results"), "synthetic.n_train": 8,
                              "synthetic.n_test": 2, "training.batch_size": 2, "training.eval_images": 2,
@@ -122,3 +124,12 @@ def test_e1_and_e7_train_and_time_an_own_encoder_and_its_weights_reload(own_modu
     rows = bench_infer(build_face_model(cfg), camera_from_config(cfg), encoders=[NAME], batch_sizes=[2],
                        input_size=64, repeats=1, modules={NAME: MODULE})
     assert [(r["encoder"], r["batch"]) for r in rows] == [(NAME, 2)] and rows[0]["ms_per_image"] > 0
+
+    ENCODERS.pop(NAME)
+    sys.modules.pop(MODULE)
+    e7 = load_config("ci", {**OWN, "results_dir": str(tmp_path / "results"), "e7.encoders": [NAME, "alexnet"],
+                            "e7.batch_sizes": [1], "e7.repeats": 1})
+    e7_speed.run(e7)
+    speed = pd.read_csv(e7_speed.outputs(e7)["table"], comment="#").set_index("encoder")
+    assert speed.loc["alexnet", "paper_inference_ms"] == 4  # the paper timed AlexNet ...
+    assert np.isnan(speed.loc[NAME, "paper_inference_ms"]) and speed.loc[NAME, "images_per_s"] > 0  # ... not yours
