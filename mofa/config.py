@@ -139,7 +139,9 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (_key(e.absolute_path), e.validator))
     stray = _stray_e3_keys(cfg, schema)  # reported as unknown keys, not as schedules of the wrong type
     errors = [e for e in errors if list(e.absolute_path)[:2] not in (["e3", key] for key in stray)]
-    problems = [m for e in errors for m in _describe(e)] or _encoder_problems(cfg, schema, stray)
+    problems = [m for e in errors for m in _describe(e)] or _unknown_encoders(cfg)  # those need valid types
+    problems += [f"unknown key 'e3.{key}' (e3 takes {', '.join(sorted(schema['properties']['e3']['properties']))}, "
+                 f"or the schedule of an encoder listed in e3.encoders)" for key in stray]
     if problems:
         raise MofaError(f"{source}: " + "; ".join(dict.fromkeys(problems)))
     e3 = cfg.get("e3", {})
@@ -165,18 +167,14 @@ def _stray_e3_keys(cfg: Mapping, schema: Mapping) -> list[str]:
     return [key for key in e3 if key not in own and key not in encoders]
 
 
-def _encoder_problems(cfg: Mapping, schema: Mapping, stray_e3_keys: Sequence[str]) -> list[str]:
-    """Cross-key checks the schema cannot express: every encoder that an experiment names is built in
-    or configured under `encoders`, and every extra key of `e3` is the schedule of an encoder it trains."""
+def _unknown_encoders(cfg: Mapping) -> list[str]:
+    """A cross-key check the schema cannot express: every encoder that an experiment names is built in
+    or configured under `encoders`."""
     known = [*builtin_encoders(), *(n for n in cfg.get("encoders", {}) if n not in builtin_encoders())]
     named = [("e1.encoder", [cfg.get("e1", {}).get("encoder")]), ("e3.encoders", cfg.get("e3", {}).get("encoders", [])),
              ("e7.encoders", cfg.get("e7", {}).get("encoders", []))]
-    problems = [f"{key}: unknown encoder '{name}' (known: {', '.join(known)}; add your own under "
-                f"encoders.{name}.module)" for key, names in named for name in names if name not in known]
-    own_keys = schema["properties"]["e3"]["properties"]
-    problems += [f"unknown key 'e3.{key}' (e3 takes {', '.join(sorted(own_keys))}, or the schedule of an encoder "
-                 f"listed in e3.encoders)" for key in stray_e3_keys]
-    return problems
+    return [f"{key}: unknown encoder '{name}' (known: {', '.join(known)}; add your own under "
+            f"encoders.{name}.module)" for key, names in named for name in names if name not in known]
 
 
 def merge(base: dict, update: Mapping) -> dict:
