@@ -161,13 +161,18 @@ def _median_seconds(fn, repeats: int, warmup: int, device: torch.device) -> floa
     return statistics.median(times)
 
 
+def _module(options: Mapping[str, Mapping] | None, name: str) -> str | None:
+    """encoders.<name>.module of a config's `encoders` section (None for the built-in encoders)."""
+    return (options or {}).get(name, {}).get("module")
+
+
 def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), batch_sizes=(1, 32),
                 input_size: int = 240, device="cpu", repeats: int = 3, warmup: int = 1, seed: int = 0,
-                modules: Mapping[str, str | None] | None = None) -> list[dict]:
+                options: Mapping[str, Mapping] | None = None) -> list[dict]:
     """Training throughput per encoder and batch size: one AdaDelta step (encoder forward, decoder,
     photometric loss + regulariser, backward, update), and the share of it spent in decoder + loss
-    (forward and backward on the code alone). modules: encoder name -> the module that registers it
-    (`encoders.<name>.module`), for encoders of your own."""
+    (forward and backward on the code alone). options: the config's `encoders` section, whose
+    `<name>.module` registers an encoder of your own."""
     from mofa.encoders import build_encoder
     from mofa.losses import mofa_loss
     from mofa.training.trainer import encoder_input
@@ -177,7 +182,7 @@ def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), 
     size = camera.image_size
     rows = []
     for name in encoders:
-        encoder = build_encoder(name, decoder.layout, seed=seed, module=(modules or {}).get(name)).to(device).train()
+        encoder = build_encoder(name, decoder.layout, seed=seed, module=_module(options, name)).to(device).train()
         optimiser = torch.optim.Adadelta(encoder.parameter_groups(0.1, 0.0005))
         for batch in batch_sizes:
             images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
@@ -203,8 +208,8 @@ def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), 
 
 def bench_infer(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), batch_sizes=(1, 32),
                 input_size: int = 240, device="cpu", repeats: int = 5, warmup: int = 1, seed: int = 0,
-                modules: Mapping[str, str | None] | None = None) -> list[dict]:
-    """Inference time per image: encoder forward and decoder, no gradients, eval mode (modules: as
+                options: Mapping[str, Mapping] | None = None) -> list[dict]:
+    """Inference time per image: encoder forward and decoder, no gradients, eval mode (options: as
     `bench_train`)."""
     from mofa.encoders import build_encoder
     from mofa.training.trainer import encoder_input
@@ -213,7 +218,7 @@ def bench_infer(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), 
     decoder = Decoder(model.submesh(model.face_region), camera).to(device)
     rows = []
     for name in encoders:
-        encoder = build_encoder(name, decoder.layout, seed=seed, module=(modules or {}).get(name)).to(device).eval()
+        encoder = build_encoder(name, decoder.layout, seed=seed, module=_module(options, name)).to(device).eval()
         for batch in batch_sizes:
             images = torch.rand(batch, 3, camera.image_size, camera.image_size,
                                 generator=torch.Generator().manual_seed(seed)).to(device)

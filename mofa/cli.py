@@ -41,9 +41,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         input_size = args.input_size or camera.image_size
         fn = bench.bench_train if args.what == "train" else bench.bench_infer
         print(f"{args.what} on {bench.device_name(device)}, encoder input {input_size} px:")
-        modules = {name: cfg["encoders"].get(name, {}).get("module") for name in args.encoders}
         print(bench.format_rows(fn(model, camera, encoders=args.encoders, input_size=input_size, device=device,
-                                   modules=modules)))
+                                   options=cfg["encoders"])))
     else:
         raise MofaError(f"mofa bench: unknown benchmark '{args.what}'")
 

@@ -135,6 +135,11 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     if not isinstance(cfg, dict):
         raise MofaError(f"{source}: expected a mapping of config keys, got {type(cfg).__name__}")
     schema = load_schema()
+    e3 = cfg.get("e3")
+    if isinstance(e3, dict) and isinstance(e3.get("encoders"), list):  # an own encoder's E3 schedule: its defaults
+        for name in e3["encoders"]:
+            if isinstance(name, str):
+                e3.setdefault(name, {})
     validator = _with_defaults(jsonschema.validators.validator_for(schema))(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (_key(e.absolute_path), e.validator))
     stray = _stray_e3_keys(cfg, schema)  # reported as unknown keys, not as schedules of the wrong type
@@ -144,11 +149,6 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
                  f"or the schedule of an encoder listed in e3.encoders)" for key in stray]
     if problems:
         raise MofaError(f"{source}: " + "; ".join(dict.fromkeys(problems)))
-    e3 = cfg.get("e3", {})
-    if any(name not in e3 for name in e3.get("encoders", ())):  # an own encoder's E3 schedule: its defaults
-        for name in e3["encoders"]:
-            e3.setdefault(name, {})
-        validator.validate(cfg)
     return cfg
 
 
@@ -170,7 +170,8 @@ def _stray_e3_keys(cfg: Mapping, schema: Mapping) -> list[str]:
 def _unknown_encoders(cfg: Mapping) -> list[str]:
     """A cross-key check the schema cannot express: every encoder that an experiment names is built in
     or configured under `encoders`."""
-    known = [*builtin_encoders(), *(n for n in cfg.get("encoders", {}) if n not in builtin_encoders())]
+    builtin = builtin_encoders()
+    known = [*builtin, *(n for n in cfg.get("encoders", {}) if n not in builtin)]
     named = [("e1.encoder", [cfg.get("e1", {}).get("encoder")]), ("e3.encoders", cfg.get("e3", {}).get("encoders", [])),
              ("e7.encoders", cfg.get("e7", {}).get("encoders", []))]
     return [f"{key}: unknown encoder '{name}' (known: {', '.join(known)}; add your own under "

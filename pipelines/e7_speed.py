@@ -38,12 +38,12 @@ def run(cfg: dict) -> dict:
     model, camera, device = build_face_model(cfg), camera_from_config(cfg), select_device(cfg)
     input_size = cfg["training"]["input_size"]
     common = dict(encoders=e7["encoders"], batch_sizes=e7["batch_sizes"], input_size=input_size, device=device,
-                  repeats=e7["repeats"], modules={name: cfg["encoders"][name]["module"] for name in e7["encoders"]})
+                  repeats=e7["repeats"], options=cfg["encoders"])
     infer = pd.DataFrame(bench.bench_infer(model, camera, **common))
     train = pd.DataFrame(bench.bench_train(model, camera, **common))
     table = infer.merge(train, on=["encoder", "batch", "input_px", "device"])
-    table["paper_inference_ms"] = [paper_value("E7", "inference_time", ENCODER_NAMES[e]) if e in ENCODER_NAMES else None
-                                   for e in table.encoder]  # the paper timed only its two encoders
+    table["paper_inference_ms"] = [paper_value("E7", "inference_time", ENCODER_NAMES.get(e, e))  # None: not in the paper
+                                   for e in table.encoder]
     table["paper_device"] = "TitanX Pascal GPU"
     table["device"] = bench.device_name(device)
     write_table(table, out["table"], out["table_md"], cfg,

@@ -122,7 +122,7 @@ def test_e1_and_e7_train_and_time_an_own_encoder_and_its_weights_reload(own_modu
     assert any(v.abs().sum() > 0 for k, v in state.items() if k.startswith("head."))  # it trained
 
     rows = bench_infer(build_face_model(cfg), camera_from_config(cfg), encoders=[NAME], batch_sizes=[2],
-                       input_size=64, repeats=1, modules={NAME: MODULE})
+                       input_size=64, repeats=1, options={NAME: {"module": MODULE}})
     assert [(r["encoder"], r["batch"]) for r in rows] == [(NAME, 2)] and rows[0]["ms_per_image"] > 0
 
     ENCODERS.pop(NAME)
