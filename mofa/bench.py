@@ -161,35 +161,44 @@ def _median_seconds(fn, repeats: int, warmup: int, device: torch.device) -> floa
     return statistics.median(times)
 
 
-def _module(options: Mapping[str, Mapping] | None, name: str) -> str | None:
-    """encoders.<name>.module of a config's `encoders` section (None for the built-in encoders)."""
-    return (options or {}).get(name, {}).get("module")
+def _build(name: str, layout, seed: int, options: Mapping[str, Mapping] | None):
+    """The encoder as the config builds it (its module and constructor options)."""
+    from mofa.encoders import build_encoder
+    own = (options or {}).get(name, {})
+    return build_encoder(name, layout, seed=seed, module=own.get("module"), options=own.get("options"))
+
+
+def _input_size(options: Mapping[str, Mapping] | None, name: str, default: int) -> int:
+    """encoders.<name>.input_size where the config sets it, else `default`."""
+    return (options or {}).get(name, {}).get("input_size") or default
 
 
 def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), batch_sizes=(1, 32),
                 input_size: int = 240, device="cpu", repeats: int = 3, warmup: int = 1, seed: int = 0,
                 options: Mapping[str, Mapping] | None = None) -> list[dict]:
-    """Training throughput per encoder and batch size: one AdaDelta step (encoder forward, decoder,
-    photometric loss + regulariser, backward, update), and the share of it spent in decoder + loss
-    (forward and backward on the code alone). options: the config's `encoders` section, whose
-    `<name>.module` registers an encoder of your own."""
-    from mofa.encoders import build_encoder
+    """Training throughput per encoder and batch size: one optimiser step (encoder forward, decoder,
+    photometric loss + regulariser, backward, update; AdaDelta, or the encoder's own optimiser), and the
+    share of it spent in decoder + loss (forward and backward on the code alone). options: the config's
+    `encoders` section: `<name>.module` registers an encoder of your own, `<name>.options` its
+    constructor's arguments, `<name>.input_size` and `<name>.optimiser` replace `input_size` and AdaDelta."""
     from mofa.losses import mofa_loss
-    from mofa.training.trainer import encoder_input
+    from mofa.training.trainer import TrainSettings, encoder_input, make_optimiser
 
     device = torch.device(device)
     decoder = Decoder(model.submesh(model.face_region), camera).to(device)
     size = camera.image_size
     rows = []
     for name in encoders:
-        encoder = build_encoder(name, decoder.layout, seed=seed, module=_module(options, name)).to(device).train()
-        optimiser = torch.optim.Adadelta(encoder.parameter_groups(0.1, 0.0005))
+        encoder = _build(name, decoder.layout, seed, options).to(device).train()
+        own = (options or {}).get(name, {})
+        optimiser = make_optimiser(encoder, TrainSettings(iterations=1, optimiser=own.get("optimiser") or "adadelta"))
+        px = _input_size(options, name, input_size)
         for batch in batch_sizes:
             images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
 
             def step() -> None:
                 optimiser.zero_grad(set_to_none=True)
-                mofa_loss(decoder, encoder(encoder_input(images, input_size)), images).total.backward()
+                mofa_loss(decoder, encoder(encoder_input(images, px)), images).total.backward()
                 optimiser.step()
 
             code = torch.zeros(batch, decoder.code_size, device=device, requires_grad=True)
@@ -200,7 +209,7 @@ def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), 
 
             t_step = _median_seconds(step, repeats, warmup, device)
             t_dec = _median_seconds(decoder_and_loss, max(repeats, 5), warmup, device)
-            rows.append({"encoder": name, "batch": batch, "input_px": input_size, "step_ms": 1e3 * t_step,
+            rows.append({"encoder": name, "batch": batch, "input_px": px, "step_ms": 1e3 * t_step,
                          "images_per_s": batch / t_step, "decoder_loss_ms": 1e3 * t_dec,
                          "decoder_loss_share": t_dec / t_step, "device": str(device)})
     return rows
@@ -211,24 +220,24 @@ def bench_infer(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), 
                 options: Mapping[str, Mapping] | None = None) -> list[dict]:
     """Inference time per image: encoder forward and decoder, no gradients, eval mode (options: as
     `bench_train`)."""
-    from mofa.encoders import build_encoder
     from mofa.training.trainer import encoder_input
 
     device = torch.device(device)
     decoder = Decoder(model.submesh(model.face_region), camera).to(device)
     rows = []
     for name in encoders:
-        encoder = build_encoder(name, decoder.layout, seed=seed, module=_module(options, name)).to(device).eval()
+        encoder = _build(name, decoder.layout, seed, options).to(device).eval()
+        px = _input_size(options, name, input_size)
         for batch in batch_sizes:
             images = torch.rand(batch, 3, camera.image_size, camera.image_size,
                                 generator=torch.Generator().manual_seed(seed)).to(device)
 
             def infer() -> None:
                 with torch.no_grad():
-                    decoder(encoder(encoder_input(images, input_size)))
+                    decoder(encoder(encoder_input(images, px)))
 
             t = _median_seconds(infer, repeats, warmup, device)
-            rows.append({"encoder": name, "batch": batch, "input_px": input_size, "ms_per_image": 1e3 * t / batch,
+            rows.append({"encoder": name, "batch": batch, "input_px": px, "ms_per_image": 1e3 * t / batch,
                          "device": str(device)})
     return rows
 

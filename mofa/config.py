@@ -142,11 +142,15 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
                 e3.setdefault(name, {})
     validator = _with_defaults(jsonschema.validators.validator_for(schema))(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (_key(e.absolute_path), e.validator))
-    stray = _stray_e3_keys(cfg, schema)  # reported as unknown keys, not as schedules of the wrong type
-    errors = [e for e in errors if list(e.absolute_path)[:2] not in (["e3", key] for key in stray)]
+    # reported as unknown keys, not as schedules of the wrong type
+    stray = {section: _stray_experiment_keys(cfg, schema, section) for section in ("e1", "e3")}
+    errors = [e for e in errors if not any(list(e.absolute_path)[:2] == [section, key]
+                                           for section, keys in stray.items() for key in keys)]
     problems = [m for e in errors for m in _describe(e)] or _unknown_encoders(cfg)  # those need valid types
-    problems += [f"unknown key 'e3.{key}' (e3 takes {', '.join(sorted(schema['properties']['e3']['properties']))}, "
-                 f"or the schedule of an encoder listed in e3.encoders)" for key in stray]
+    problems += [f"unknown key '{section}.{key}' ({section} takes "
+                 f"{', '.join(sorted(schema['properties'][section]['properties']))}, "
+                 f"or the schedule of an encoder listed in {section}.encoders)"
+                 for section, keys in stray.items() for key in keys]
     if problems:
         raise MofaError(f"{source}: " + "; ".join(dict.fromkeys(problems)))
     return cfg
@@ -158,13 +162,13 @@ def builtin_encoders() -> list[str]:
     return list(load_schema()["properties"]["encoders"]["properties"])
 
 
-def _stray_e3_keys(cfg: Mapping, schema: Mapping) -> list[str]:
-    """Keys of `e3` that are neither its own nor the schedule of an encoder in e3.encoders."""
-    e3, own = cfg.get("e3"), schema["properties"]["e3"]["properties"]
-    if not isinstance(e3, dict):
+def _stray_experiment_keys(cfg: Mapping, schema: Mapping, section: str) -> list[str]:
+    """Keys of `e1` or `e3` that are neither its own nor the schedule of an encoder in its encoders."""
+    values, own = cfg.get(section), schema["properties"][section]["properties"]
+    if not isinstance(values, dict):
         return []
-    encoders = e3.get("encoders") if isinstance(e3.get("encoders"), list) else []
-    return [key for key in e3 if key not in own and key not in encoders]
+    encoders = values.get("encoders") if isinstance(values.get("encoders"), list) else []
+    return [key for key in values if key not in own and key not in encoders]
 
 
 def _unknown_encoders(cfg: Mapping) -> list[str]:
@@ -172,7 +176,7 @@ def _unknown_encoders(cfg: Mapping) -> list[str]:
     or configured under `encoders`."""
     builtin = builtin_encoders()
     known = [*builtin, *(n for n in cfg.get("encoders", {}) if n not in builtin)]
-    named = [("e1.encoder", [cfg.get("e1", {}).get("encoder")]), ("e3.encoders", cfg.get("e3", {}).get("encoders", [])),
+    named = [("e1.encoders", cfg.get("e1", {}).get("encoders", [])), ("e3.encoders", cfg.get("e3", {}).get("encoders", [])),
              ("e7.encoders", cfg.get("e7", {}).get("encoders", []))]
     return [f"{key}: unknown encoder '{name}' (known: {', '.join(known)}; add your own under "
             f"encoders.{name}.module)" for key, names in named for name in names if name not in known]

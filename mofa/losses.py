@@ -75,8 +75,28 @@ def visible_vertices(decoded, face_mask: torch.Tensor, height: int, width: int) 
     return decoded.visible & inside_image(decoded.screen, height, width) & face_mask.to(torch.bool)[None]
 
 
+def facing(decoded) -> torch.Tensor:
+    """(B, N) cosine between each vertex normal and the direction to the camera (> 0: front-facing)."""
+    towards = -decoded.vertices / decoded.vertices.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    return (decoded.normals * towards).sum(-1)
+
+
+# Facing cosine over which a vertex's invisibility cost rises smoothly from 0 to its full value.
+INVISIBLE_RAMP = 0.1
+
+
+def invisibility(decoded, face_mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, N) in [0, 1]: 1 for a face-region vertex outside the image or facing away, 0 for one facing
+    the camera by more than INVISIBLE_RAMP in cosine, a smooth ramp between (differentiable in the pose);
+    0 outside the face region."""
+    ramp = (1 - facing(decoded) / INVISIBLE_RAMP).clamp(0, 1)
+    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep
+    inside = inside_image(decoded.screen, height, width)
+    return torch.where(inside, ramp, torch.ones_like(ramp)) * face_mask.to(torch.bool)[None]
+
+
 def photometric_loss(images: torch.Tensor, decoded, face_mask: torch.Tensor,
-                     normalise: Normalise = "fixed") -> torch.Tensor:
+                     normalise: Normalise = "fixed", invisible_cost: float = 0.0) -> torch.Tensor:
     """E_photo, the robust l2,1 data term: sum over visible vertices of ||I(u_i) - c_i||_2 (the norm,
     not its square), I sampled bilinearly at the projected vertex u_i.
 
@@ -89,12 +109,18 @@ def photometric_loss(images: torch.Tensor, decoded, face_mask: torch.Tensor,
       turning the face away from the camera (fewer, easier vertices); DESIGN.md section 8 measured that
       collapse (pitch error 118 degrees after 1,500 iterations).
     - "visible": divide by |V|, the paper's 1/|V| read literally (0 where nothing is visible).
+
+    invisible_cost: 0 (the paper) or c > 0: each face-region vertex also costs c times its
+    `invisibility` (c for one turned away or outside the image, as if its colour were c off), so the
+    loss cannot be lowered by turning or sliding the face away from hard pixels.
     """
     height, width = images.shape[-2:]
     face_mask = face_mask.to(device=decoded.screen.device, dtype=torch.bool)
     visible = visible_vertices(decoded, face_mask, height, width)
     residual = safe_norm(sample_image(images, decoded.screen) - decoded.colours)  # (B, N)
     total = torch.where(visible, residual, torch.zeros_like(residual)).sum(-1)
+    if invisible_cost > 0:
+        total = total + invisible_cost * invisibility(decoded, face_mask, height, width).sum(-1)
     if normalise == "fixed":
         return total / max(int(face_mask.sum()), 1)
     if normalise == "visible":
@@ -168,9 +194,10 @@ class LossWeights:
     reflectance: float = W_REFLECTANCE  # w_beta
     expression: float = W_EXPRESSION  # w_delta
     photo_normalise: Normalise = "fixed"
+    invisible_cost: float = 0.0
 
     def __post_init__(self) -> None:
-        for field in ("photo", "land", "reg", "reflectance", "expression"):
+        for field in ("photo", "land", "reg", "reflectance", "expression", "invisible_cost"):
             if not getattr(self, field) >= 0:
                 raise MofaError(f"loss weight '{field}' must be >= 0, got {getattr(self, field)!r}")
         if self.photo_normalise not in ("fixed", "visible"):
@@ -231,7 +258,8 @@ def mofa_loss(decoder, code: torch.Tensor, images: torch.Tensor, landmarks: torc
                          f"{size}x{size}: crop or resize them, or configure the camera")
     decoded = decoder(code)
     parts = decoder.layout.split(code)
-    photometric = photometric_loss(images, decoded, decoder.face_mask, weights.photo_normalise)
+    photometric = photometric_loss(images, decoded, decoder.face_mask, weights.photo_normalise,
+                                   weights.invisible_cost)
     reg = regulariser(parts.shape, parts.expression, parts.reflectance, weights.reflectance, weights.expression)
     per_image = weights.photo * photometric + weights.reg * reg
     landmark = None

@@ -25,8 +25,8 @@ from mofa.errors import MofaError
 log = logging.getLogger(__name__)
 MIN_RELATIVE_FACE_SIZE = 0.5
 CROP_MARGIN = 0.4  # the margin of mofa.realdata.prepare: faces the size the encoders were trained on
-# Runs whose weights `mofa reconstruct` uses by default, best first (what `make reproduce` trains).
-DEFAULT_RUNS = ("e3_alexnet_land", "e3_alexnet_noland", "e1_alexnet")
+# E3's table, whose best variant on the AFLW2000 eval split `mofa reconstruct` uses by default.
+E3_TABLE = Path("tables") / "e3_variants.csv"
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Reconstructor:
         bound = card["rotation_bound_deg"]
         encoder = build_encoder(card["encoder"], decoder.layout,
                                 rotation_bound_rad=None if bound is None else math.radians(bound),
-                                module=card.get("module"))
+                                module=card.get("module"), options=card.get("options"))
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
             encoder.load_state_dict(state.get("encoder", state))  # a trainer checkpoint or bare weights
@@ -96,13 +96,28 @@ def read_encoder_card(path: Path) -> dict:
 
 
 def default_checkpoint(results_root: str | Path = "results/default") -> Path:
-    """The encoder `make reproduce` trained (the first of DEFAULT_RUNS that exists)."""
-    for run in DEFAULT_RUNS:
-        path = Path(results_root) / "runs" / run / "encoder.pt"
-        if path.is_file():
-            return path
-    raise MofaError(f"no trained encoder under {results_root}/runs/ ({', '.join(DEFAULT_RUNS)}): "
-                    "run `make reproduce` first, or pass --checkpoint")
+    """The encoder `make reproduce` trained that did best on the AFLW2000 eval split: the E3 variant
+    with the lowest mean 68-point NME over the yaw bins (tables/e3_variants.csv)."""
+    import pandas as pd
+
+    table_path = Path(results_root) / E3_TABLE
+    if not table_path.is_file():
+        raise MofaError(f"{table_path}: not found, so there is no trained encoder to choose: run `make reproduce` "
+                        "first, or pass --checkpoint")
+    try:
+        from mofa.results import read_table
+        table = read_table(table_path).frame
+        best = table.sort_values("nme_mean_pct", kind="stable").iloc[0]
+    except Exception as exc:  # noqa: BLE001 - any unreadable table is the same user problem
+        raise MofaError(f"{table_path}: unreadable E3 table ({type(exc).__name__}: {exc}); pass --checkpoint") from None
+    run = f"e3_{best['encoder']}_{'land' if best['landmark_loss'] == 'yes' else 'noland'}"
+    path = Path(results_root) / "runs" / run / "encoder.pt"
+    if not path.is_file():
+        raise MofaError(f"{path}: the best E3 variant's weights ({best['variant']}, {best['nme_mean_pct']:.1f} % NME) "
+                        "are missing: rerun `make reproduce`, or pass --checkpoint")
+    log.info("using %s: the best encoder on the AFLW2000 eval split (%s, %.1f %% NME)", path, best["variant"],
+             best["nme_mean_pct"])
+    return path
 
 
 def read_photo(path: Path) -> np.ndarray:

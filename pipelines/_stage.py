@@ -36,6 +36,15 @@ def result_files(cfg: Mapping, stage: str, figure: bool = True) -> dict[str, Pat
     return {**files, "metrics": root / "metrics" / f"{stage}.json"}
 
 
+def dvc_outputs(module, cfg: Mapping) -> dict[str, Path]:
+    """A stage's outputs without those of each encoder it trains or shows (the module's
+    `per_encoder_outputs`, where it has one): which encoders there are depends on the preset, and
+    dvc.yaml serves every preset, so DVC tracks the stage's tables, figures and metrics (Snakemake
+    tracks every file)."""
+    per_encoder = getattr(module, "per_encoder_outputs", lambda cfg: {})(cfg)
+    return {k: v for k, v in module.outputs(cfg).items() if k not in per_encoder}
+
+
 def benchmark_path(cfg: Mapping, stage: str) -> Path:
     """results/<preset>/benchmarks/<stage>.tsv (Snakemake's benchmark: wall time and memory)"""
     return results_dir(cfg) / "benchmarks" / f"{stage}.tsv"

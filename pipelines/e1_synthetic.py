@@ -1,7 +1,9 @@
-"""Stage `e1_synthetic` (paper Fig. 10): AlexNet trained without landmarks on the synthetic training
-set; geometric, photometric and landmark error on the synthetic test set against iterations.
+"""Stage `e1_synthetic` (paper Fig. 10): each encoder of e1.encoders trained without landmarks on the
+synthetic training set; geometric, photometric and landmark error on the synthetic test set against
+iterations.
 
-Writes, under results/<preset>/: runs/e1_alexnet/ (checkpoint, encoder weights, metrics.csv),
+Writes, under results/<preset>/: runs/e1_<encoder>/ (checkpoint, encoder weights, metrics.csv),
+tables/e1_synthetic_curves.csv (every run's curves, an `encoder` column),
 tables/e1_synthetic.csv + .md (start and end beside the paper's 21.6 -> 4.5 mm, 0.33 -> 0.05,
 31.6 -> 3.9 px), figures/e1_synthetic_curves.png and metrics/e1_synthetic.json.
 
@@ -27,13 +29,26 @@ METRICS = (("geometric_error", "mm"), ("photometric_error", "rgb_distance"), ("l
 log = logging.getLogger(f"mofa.stage.{NAME}")
 
 
-def run_dir(cfg: Mapping) -> Path:
-    return results_dir(cfg) / "runs" / f"e1_{cfg['e1']['encoder']}"
+def run_dir(cfg: Mapping, encoder: str) -> Path:
+    return results_dir(cfg) / "runs" / f"e1_{encoder}"
+
+
+def section(cfg: Mapping, encoder: str) -> dict:
+    """E1's section for one encoder: e1's keys, replaced by those e1.<encoder> sets (not null)."""
+    e1 = cfg["e1"]
+    own = {k: v for k, v in e1.get(encoder, {}).items() if v is not None}
+    return {k: v for k, v in e1.items() if k not in e1["encoders"]} | own
+
+
+def per_encoder_outputs(cfg: Mapping) -> dict[str, Path]:
+    """Each encoder's run: its final weights and curves."""
+    return {f"{kind}_{e}": run_dir(cfg, e) / name for e in cfg["e1"]["encoders"]
+            for kind, name in (("encoder", "encoder.pt"), ("curves", "metrics.csv"))}
 
 
 def outputs(cfg: Mapping) -> dict[str, Path]:
-    return {"encoder": run_dir(cfg) / "encoder.pt", "curves": run_dir(cfg) / "metrics.csv",
-            **_stage.result_files(cfg, NAME, figure=False),
+    return {**per_encoder_outputs(cfg), **_stage.result_files(cfg, NAME, figure=False),
+            "curves_table": results_dir(cfg) / "tables" / "e1_synthetic_curves.csv",
             "figure": results_dir(cfg) / "figures" / "e1_synthetic_curves.png"}
 
 
@@ -52,28 +67,22 @@ def summary_table(curves: pd.DataFrame, encoder: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def schedule_note(cfg: Mapping, short: bool = False) -> str:
-    """What the table title (or, short, the figure title) says when E1 is not landmark-free from the
-    first iteration, trains the light alone first, fits each image's light in the loss, or holds code
-    entries at the start (read from the same `Schedule` the run trains with)."""
+def schedule_note(cfg: Mapping, encoder: str, short: bool = False) -> str:
+    """What the table title (or, short, the figure legend) says when an encoder's E1 run fits each
+    image's light in the loss or holds code entries at the start (read from the same `Schedule` the run
+    trains with)."""
     from mofa.training.trainer import Schedule
 
-    schedule, its = Schedule.from_config(cfg["e1"]), cfg["e1"]["iterations"]
+    e1 = section(cfg, encoder)
+    schedule, its = Schedule.from_config(e1), e1["iterations"]
     note = ""
     if schedule.fit_light:
-        note += (", each image's own best light in the loss" if short else
+        note += (", own light fitted" if short else
                  "; the photometric term used each image's own best light (solved, not the encoder's), "
                  "which the encoder's light output learned to predict")
     if held := schedule.held_steps(its):
-        note += (f", {'/'.join(schedule.hold)} held for {held} its" if short else
+        note += (f", {'/'.join(schedule.hold)} held {held} its" if short else
                  f"; {', '.join(schedule.hold)} got no gradient (kept the mean face's) for the first {held} iterations")
-    if light := schedule.light_only_steps(its):
-        note += (f", light alone for {light} its" if short else
-                 f"; only the light trained for the first {light} iterations")
-    if (f := schedule.land_until) is not None:
-        note += (f", landmark warm-up over {f:.0%} of the run" if short else
-                 f"; NOT the paper's landmark-free run: landmark warm-up, the landmark term falls from "
-                 f"{cfg['loss']['land']:g} to 0 over the first {round(f * its)} iterations")
     return note
 
 
@@ -81,34 +90,46 @@ def run(cfg: dict) -> dict:
     from mofa.data.synthetic import SyntheticSet
     from mofa.facemodel import build_face_model
     from mofa.figures.curves import plot_curves
+    from mofa.paper import display_name
     from mofa.training.evaluate import synthetic_evaluator
-    from mofa.training.runs import prepare_run_dir, run_training
+    from mofa.training.runs import encoder_config, prepare_run_dir, run_training
     from mofa.training.trainer import Schedule
-    from pipelines.tables import figure_metadata, write_table
+    from pipelines.tables import figure_metadata, write_csv, write_table
 
-    e1, out = cfg["e1"], outputs(cfg)
+    out = outputs(cfg)
     model = build_face_model(cfg)
     train_set = SyntheticSet(synthetic.data_dir(cfg) / "train")
     test_set = SyntheticSet(synthetic.data_dir(cfg) / "test")
-    evaluate = lambda decoder, device: synthetic_evaluator(  # noqa: E731
-        decoder, test_set, cfg["training"]["eval_images"], cfg["training"]["input_size"], device)
-    prepare_run_dir(run_dir(cfg), {"config": config_hash({s: cfg[s] for s in PARAMS}),
-                                   "data": [train_set.manifest, test_set.manifest]})
-    curves, encoder = run_training(cfg, run_dir(cfg), model, e1["encoder"], train_set, evaluate,
-                                   e1["iterations"], e1["evaluations"], landmarks=False,
-                                   schedule=Schedule.from_config(e1))
-    table = summary_table(curves, e1["encoder"])
+    n_test = min(cfg["training"]["eval_images"], len(test_set))
+    tables, curves, notes, metrics = [], {}, [], {}
+    for name in cfg["e1"]["encoders"]:
+        e1, ecfg = section(cfg, name), encoder_config(cfg, name)
+        evaluate = lambda decoder, device, size=ecfg["training"]["input_size"]: synthetic_evaluator(  # noqa: E731
+            decoder, test_set, cfg["training"]["eval_images"], size, device)
+        prepare_run_dir(run_dir(cfg, name), {"config": config_hash({s: ecfg[s] for s in PARAMS if s != "e1"} | {"e1": e1}),
+                                             "data": [train_set.manifest, test_set.manifest]})
+        with _stage.timed(f"{name}: {e1['iterations']} iterations"):
+            frame, encoder = run_training(ecfg, run_dir(cfg, name), model, name, train_set, evaluate,
+                                          e1["iterations"], e1["evaluations"], landmarks=False,
+                                          schedule=Schedule.from_config(e1))
+        tables.append(summary_table(frame, name).assign(init=encoder.init_description))
+        label = display_name(name)
+        curves[label + schedule_note(cfg, name, short=True)] = frame
+        notes.append(f"{label}: {encoder.init_description}{schedule_note(cfg, name)}")
+        metrics |= {f"{name}_{r.metric}_{k}": getattr(r, k) for r in tables[-1].itertuples() for k in ("ours_start", "ours_end")}
+        metrics[f"{name}_encoder_init"] = encoder.init_description
+    table = pd.concat(tables, ignore_index=True)
+    write_csv(pd.concat([f.assign(encoder=label.split(",")[0]) for label, f in curves.items()], ignore_index=True),
+              out["curves_table"])
     write_table(table, out["table"], out["table_md"], cfg,
-                title=f"E1 (Fig. 10): {e1['encoder']} without landmarks, synthetic test set "
-                      f"({min(cfg['training']['eval_images'], len(test_set))} images); {encoder.init_description}"
-                      + schedule_note(cfg), stage=NAME)
+                title=f"E1 (Fig. 10): trained without landmarks, synthetic test set ({n_test} images). "
+                      + ". ".join(notes), stage=NAME)
+    first = tables[0]
     plot_curves(curves, [(m, u) for m, u in METRICS], out["figure"],
-                title=f"E1: {e1['encoder']} on synthetic data ({cfg['preset']} preset{schedule_note(cfg, short=True)})",
-                paper={m: (t.paper_start, t.paper_end) for m, t in zip([m for m, _ in METRICS], table.itertuples())},
+                title=f"E1: trained without landmarks on synthetic data ({cfg['preset']} preset)",
+                paper={m: (t.paper_start, t.paper_end) for m, t in zip([m for m, _ in METRICS], first.itertuples())},
                 metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["figure"])
-    metrics = {f"{r.metric}_{k}": getattr(r, k) for r in table.itertuples() for k in ("ours_start", "ours_end")}
-    metrics["encoder_init"] = encoder.init_description
     _stage.write_json(out["metrics"], metrics)
     return metrics
 

@@ -13,7 +13,6 @@ tables/e3_variants.csv + .md (beside the paper's 5.3 / 4.9 px without and 3.7 / 
 """
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from mofa.config import config_hash, results_dir
-from mofa.paper import ENCODER_NAMES
+from mofa.paper import display_name, paper_counterpart
 from pipelines import _stage, e1_synthetic, real_data, synthetic
 
 NAME = "e2_e3_real"
@@ -30,7 +29,6 @@ NEEDS = ("synthetic", "e1_synthetic", "real_data")  # E1's weights are read only
 SOURCES = ("config/schema.yaml", "mofa", "pipelines/_stage.py", "pipelines/tables.py", "pipelines/synthetic.py",
            "pipelines/e1_synthetic.py", "pipelines/real_data.py", "pipelines/e2_e3_real.py")
 METRICS = (("landmark_error", "px"), ("photometric_error", "rgb_distance"))
-DISPLAY = ENCODER_NAMES  # an encoder of your own shows its config name
 RUN_KEY = "run_key.json"
 log = logging.getLogger(f"mofa.stage.{NAME}")
 
@@ -45,21 +43,26 @@ def variant_name(encoder: str, landmarks: bool) -> str:
 
 
 def variant_label(encoder: str, landmarks: bool) -> str:
-    return f"{DISPLAY.get(encoder, encoder)} {'with' if landmarks else 'without'} landmarks"
+    return f"{display_name(encoder)} {'with' if landmarks else 'without'} landmarks"
 
 
 def run_dir(cfg: Mapping, encoder: str, landmarks: bool) -> Path:
     return results_dir(cfg) / "runs" / f"e3_{variant_name(encoder, landmarks)}"
 
 
-def outputs(cfg: Mapping) -> dict[str, Path]:
-    root = results_dir(cfg)
+def per_encoder_outputs(cfg: Mapping) -> dict[str, Path]:
+    """Each variant's run: its final weights and curves."""
     out = {}
     for encoder, landmarks in variants(cfg):
         name = variant_name(encoder, landmarks)
         out[f"encoder_{name}"] = run_dir(cfg, encoder, landmarks) / "encoder.pt"
         out[f"curves_{name}"] = run_dir(cfg, encoder, landmarks) / "metrics.csv"
-    return {**out, "curves_table": root / "tables" / "e2_real_curves.csv",
+    return out
+
+
+def outputs(cfg: Mapping) -> dict[str, Path]:
+    root = results_dir(cfg)
+    return {**per_encoder_outputs(cfg), "curves_table": root / "tables" / "e2_real_curves.csv",
             "curves_table_md": root / "tables" / "e2_real_curves.md",
             "curves_figure": root / "figures" / "e2_real_curves.png",
             "table": root / "tables" / "e3_variants.csv", "table_md": root / "tables" / "e3_variants.md",
@@ -68,32 +71,32 @@ def outputs(cfg: Mapping) -> dict[str, Path]:
 
 
 def variant_config(cfg: Mapping, encoder: str) -> dict:
-    """The config with training.batch_size, input_size and lr replaced by e3.<encoder>'s where set
-    (lr_z keeps its ratio to lr)."""
-    out = copy.deepcopy(dict(cfg))
+    """The encoder's config (`encoder_config`) with training.batch_size, input_size and lr replaced by
+    e3.<encoder>'s where set (lr_z keeps its ratio to lr)."""
+    from mofa.training.runs import encoder_config
+
+    out = encoder_config(cfg, encoder)
     schedule, training = cfg["e3"][encoder], out["training"]
     for key in ("batch_size", "input_size"):
         if schedule[key] is not None:
             training[key] = schedule[key]
     if schedule["lr"] is not None:
-        training["lr_z"] = cfg["training"]["lr_z"] * schedule["lr"] / cfg["training"]["lr"]
+        training["lr_z"] = training["lr_z"] * schedule["lr"] / training["lr"]
         training["lr"] = schedule["lr"]
     return out
 
 
 def init_weights(cfg: Mapping, encoder: str) -> Path | None:
     """E1's trained weights when e3.init_from_e1 is on and E1 trained this encoder."""
-    if cfg["e3"]["init_from_e1"] and cfg["e1"]["encoder"] == encoder:
-        return e1_synthetic.outputs(cfg)["encoder"]
+    if cfg["e3"]["init_from_e1"] and encoder in cfg["e1"]["encoders"]:
+        return e1_synthetic.outputs(cfg)[f"encoder_{encoder}"]
     return None
 
 
 def run_key(cfg: Mapping, encoder: str, landmarks: bool, init: Path | None) -> dict:
-    from mofa.training.trainer import SCHEDULE_KEYS  # torch: not at import (Snakemake reads this module)
-
     e3 = cfg["e3"]
     sections = {s: cfg[s] for s in PARAMS if s not in ("e1", "e3")}
-    kept = ("evaluations", "synthetic_fraction", "init_from_e1", *SCHEDULE_KEYS)  # what a run's training depends on
+    kept = ("evaluations", "synthetic_fraction", "init_from_e1")  # what a run's training depends on
     sections["e3"] = {k: e3[k] for k in kept if k in e3} | {encoder: e3[encoder]}
     init_stamp = None
     if init is not None:
@@ -117,7 +120,8 @@ def variant_row(encoder: str, landmarks: bool, curves: pd.DataFrame, benchmark, 
         row[f"{metric}_start"] = start[f"{metric}_mean"]
         row[metric] = end[f"{metric}_mean"]
         row[f"{metric}_median"] = end[f"{metric}_median"]
-        row[f"paper_{metric}"] = paper_value("E3", metric, DISPLAY.get(encoder, encoder), "yes" if landmarks else "no")
+        row[f"paper_{metric}"] = paper_value("E3", metric, paper_counterpart(encoder), "yes" if landmarks else "no")
+    row["paper_encoder"] = _paper_column_note(encoder)
     for name in (*YAW_BINS, "mean"):
         row[f"nme_{name}_pct"] = 100 * benchmark.table[name]
     in_bins = benchmark.per_image[benchmark.per_image["yaw_bin"] != ""]
@@ -142,7 +146,6 @@ def run(cfg: dict) -> dict:
     from mofa.training.evaluate import real_evaluator
     from mofa.training.mixed import MixedSource
     from mofa.training.runs import run_training, training_decoder
-    from mofa.training.trainer import Schedule
     from pipelines.tables import figure_metadata, write_table
 
     e3, out = cfg["e3"], outputs(cfg)
@@ -166,7 +169,7 @@ def run(cfg: dict) -> dict:
         with _stage.timed(f"{name}: {e3[encoder_name]['iterations']} iterations"):
             table, encoder = run_training(vcfg, folder, model, encoder_name, mix, evaluate,
                                           e3[encoder_name]["iterations"], e3["evaluations"], landmarks=landmarks,
-                                          init_from=init, schedule=Schedule.from_config(e3, landmarks))
+                                          init_from=init)
         init_description = f"from E1's weights ({init})" if init is not None else encoder.init_description
         decoder = training_decoder(vcfg, model).to(select_device(vcfg))
         with torch.no_grad(), _stage.timed(f"{name}: AFLW2000-3D benchmark on {len(eval_real)} images"):
@@ -189,19 +192,21 @@ def run(cfg: dict) -> dict:
                       metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["figure"])
 
-    no_landmarks = {DISPLAY.get(e, e): curves[(e, False)] for e in e3["encoders"]}
+    no_landmarks = {display_name(e): curves[(e, False)] for e in e3["encoders"]}
+    by_label = {display_name(e): e for e in e3["encoders"]}
     curves_table = pd.concat([frame.assign(encoder=name) for name, frame in no_landmarks.items()], ignore_index=True)
     keep = ["encoder", "iteration", "seconds", *[f"{m}_{s}" for m, _ in METRICS for s in ("mean", "median")],
             "nme_mean", "nme_median"]
     curves_table = curves_table[[c for c in keep if c in curves_table]]
     for metric, _ in METRICS:
-        curves_table[f"paper_{metric}_end"] = [paper_value_e3(metric, name) for name in curves_table.encoder]
+        curves_table[f"paper_{metric}_end"] = [paper_value_e3(metric, by_label[name]) for name in curves_table.encoder]
+    curves_table["paper_encoder"] = [_paper_column_note(by_label[name]) for name in curves_table.encoder]
     write_table(curves_table, out["curves_table"], out["curves_table_md"], cfg,
                 title=f"E2 (Fig. 9): without landmarks, on real photos, against iterations; AFLW2000 eval split "
                       f"({n_eval} images); the paper's values are after 200k iterations", stage=NAME)
     plot_curves(no_landmarks, list(METRICS), out["curves_figure"],
                 title=f"E2: trained without landmarks on real photos, AFLW2000 eval ({cfg['preset']} preset)",
-                paper={m: (None, {name: paper_value_e3(m, name) for name in no_landmarks}) for m, _ in METRICS},
+                paper={m: (None, {name: paper_value_e3(m, by_label[name]) for name in no_landmarks}) for m, _ in METRICS},
                 metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["curves_figure"])
 
@@ -217,10 +222,20 @@ def run(cfg: dict) -> dict:
     return metrics
 
 
-def paper_value_e3(metric: str, display_name: str, landmark_loss: str = "no") -> float | None:
+def paper_value_e3(metric: str, encoder: str, landmark_loss: str = "no") -> float | None:
     from mofa.paper import paper_value
-    return paper_value("E3", metric, display_name, landmark_loss)
+    counterpart = paper_counterpart(encoder)
+    return None if counterpart is None else paper_value("E3", metric, counterpart, landmark_loss)
 
+
+def _paper_column_note(encoder: str) -> str:
+    """What the paper_* columns of an encoder's row are: its own numbers, another network's, or none."""
+    counterpart = paper_counterpart(encoder)
+    if counterpart is None:
+        return "none (not in the paper)"
+    if counterpart == display_name(encoder):
+        return counterpart
+    return f"{counterpart}'s (the slot this encoder fills; it is not {counterpart})"
 
 if __name__ == "__main__":
     raise SystemExit(_stage.main(NAME, run, __doc__.splitlines()[0]))

@@ -47,7 +47,8 @@ def run(cfg: dict) -> dict:
     table["paper_device"] = "TitanX Pascal GPU"
     table["device"] = bench.device_name(device)
     write_table(table, out["table"], out["table_md"], cfg,
-                title=f"E7 (Sec. 7): speed on {bench.device_name(device)}, encoder input {input_size} px", stage=NAME)
+                title=f"E7 (Sec. 7): speed on {bench.device_name(device)}; encoder input px per row "
+                      f"(training.input_size {input_size}, or the encoder's own)", stage=NAME)
     metrics = {f"{r.encoder}_b{r.batch}_{k}": getattr(r, k) for r in table.itertuples()
                for k in ("ms_per_image", "images_per_s", "decoder_loss_share")}
     _stage.write_json(out["metrics"], metrics)

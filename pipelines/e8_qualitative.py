@@ -26,11 +26,14 @@ SOURCES = ("config/schema.yaml", "mofa", "pipelines/_stage.py", "pipelines/table
 log = logging.getLogger(f"mofa.stage.{NAME}")
 
 
+def per_encoder_outputs(cfg: Mapping) -> dict[str, Path]:
+    """One figure per E3 variant."""
+    return {f"figure_{e2_e3_real.variant_name(e, land)}":
+            results_dir(cfg) / "figures" / f"e8_{e2_e3_real.variant_name(e, land)}.png" for e, land in e2_e3_real.variants(cfg)}
+
+
 def outputs(cfg: Mapping) -> dict[str, Path]:
-    root = results_dir(cfg)
-    figures = {f"figure_{e2_e3_real.variant_name(e, land)}": root / "figures" / f"e8_{e2_e3_real.variant_name(e, land)}.png"
-               for e, land in e2_e3_real.variants(cfg)}
-    return {**figures, "metrics": root / "metrics" / "e8_qualitative.json"}
+    return {**per_encoder_outputs(cfg), "metrics": results_dir(cfg) / "metrics" / "e8_qualitative.json"}
 
 
 def run(cfg: dict) -> dict:

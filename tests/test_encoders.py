@@ -201,15 +201,17 @@ class NotATensor:
 
 
 def test_parameter_groups_isolate_z_translation(alexnet):
-    groups = alexnet.parameter_groups(lr=0.1, lr_z=0.0005)
-    assert [g["lr"] for g in groups] == [0.1, 0.0005]
-    z_group = groups[1]["params"]
+    groups = alexnet.parameter_groups(lr=0.1, lr_z=0.0005, backbone_lr_scale=0.5)
+    assert [g["name"] for g in groups] == ["backbone", "head", "z_translation"]
+    assert [g["lr"] for g in groups] == [0.05, 0.1, 0.0005]
+    z_group = groups[2]["params"]
     assert len(z_group) == 2
     assert {id(p) for p in z_group} == {id(p) for p in alexnet.classifier[6].z_translation.parameters()}
     all_ids = [id(p) for g in groups for p in g["params"]]
     assert len(all_ids) == len(set(all_ids)) == len(list(alexnet.parameters()))
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in alexnet.classifier[6].others.parameters()}
     optimiser = torch.optim.Adadelta(groups)
-    assert [g["lr"] for g in optimiser.param_groups] == [0.1, 0.0005]
+    assert [g["lr"] for g in optimiser.param_groups] == [0.05, 0.1, 0.0005]
 
 
 def test_z_translation_gradient_only_reaches_its_own_parameters():
@@ -250,7 +252,7 @@ def test_register_encoder_adds_a_buildable_encoder(tiny_registered):
     assert isinstance(encoder, TinyEncoder) and ENCODERS[tiny_registered] is TinyEncoder
     assert torch.equal(encoder(images(2, 16)), torch.zeros(2, LAYOUT.size))
     assert encoder.code_head.rotation_bound_rad == 0.3
-    assert len(encoder.parameter_groups(1.0, 0.01)[1]["params"]) == 2
+    assert len(encoder.parameter_groups(1.0, 0.01)[-1]["params"]) == 2
     with pytest.raises(MofaError, match="at least 8x8"):
         encoder(images(1, 4))
     with pytest.raises(ValueError, match="already registered"):

@@ -49,12 +49,14 @@ def own_module(tmp_path, monkeypatch):
         sys.modules.pop(module, None)
 
 
-OWN = {f"encoders.{NAME}.module": MODULE, "e1.encoder": NAME}
+OWN = {f"encoders.{NAME}.module": MODULE, "e1.encoders": [NAME]}
 
 
 def test_config_takes_an_own_encoder_with_its_module_and_fills_its_defaults():
     cfg = load_config("ci", {**OWN, "e3.encoders": [NAME], f"e3.{NAME}.iterations": 3, "e7.encoders": [NAME, "alexnet"]})
-    assert cfg["encoders"][NAME] == {"module": MODULE, "weights_path": None, "random_init": "pytorch", "dropout": None}
+    assert cfg["encoders"][NAME] == {"module": MODULE, "weights_path": None, "random_init": "pytorch", "dropout": None,
+                                     "options": {}, "optimiser": None, "lr": None, "lr_z": None,
+                                     "backbone_lr_scale": None, "input_size": None}
     assert cfg["e3"][NAME] == {"iterations": 3, "batch_size": None, "input_size": None, "lr": None}
     plain = load_config("ci", {**OWN, "e3.encoders": [NAME]})  # no e3 section of its own: the schema's defaults
     assert plain["e3"][NAME] == {"iterations": 200000, "batch_size": None, "input_size": None, "lr": None}
@@ -63,9 +65,10 @@ def test_config_takes_an_own_encoder_with_its_module_and_fills_its_defaults():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"encoders.alexnett.weights_path": "w.pth"},
-     "encoders.alexnett: not a built-in encoder (alexnet, vgg_face); an encoder of your own names the module"),
-    ({"e1.encoder": "resnet"}, "e1.encoder: unknown encoder 'resnet' (known: alexnet, vgg_face; add your own under "
-                               "encoders.resnet.module)"),
+     "encoders.alexnett: not a built-in encoder (alexnet, vgg_face, dlib_resnet); an encoder of your own names the module"),
+    ({"e1.encoders": ["resnet"]}, "e1.encoders: unknown encoder 'resnet' (known: alexnet, vgg_face, dlib_resnet; add "
+                                  "your own under encoders.resnet.module)"),
+    ({"e1.evaluatons": 3}, "unknown key 'e1.evaluatons' (e1 takes encoders, evaluations"),
     ({"e3.encoders": ["alexnet", "resnet"]}, "e3.encoders: unknown encoder 'resnet'"),
     ({"e7.encoders": ["resnet"]}, "e7.encoders: unknown encoder 'resnet'"),
     ({"e3.evaluatons": 3}, "unknown key 'e3.evaluatons' (e3 takes alexnet, encoders, evaluations"),
@@ -106,10 +109,10 @@ def test_e1_and_e7_train_and_time_an_own_encoder_and_its_weights_reload(own_modu
                              "e1.iterations": 4, "e1.evaluations": 2})
     synthetic.run(cfg)
     metrics = e1_synthetic.run(cfg)
-    assert metrics["encoder_init"] == "random init (seed 0), no pre-trained weights"
+    assert metrics[f"{NAME}_encoder_init"] == "random init (seed 0), no pre-trained weights"
     table = e1_synthetic.outputs(cfg)["table"].read_text()
-    assert f"E1 (Fig. 10): {NAME} without landmarks" in table.splitlines()[0]
-    run = e1_synthetic.run_dir(cfg)
+    assert f"{NAME}: random init (seed 0)" in table.splitlines()[0]
+    run = e1_synthetic.run_dir(cfg, NAME)
     card = json.loads((run / "encoder.json").read_text())
     assert (card["encoder"], card["module"]) == (NAME, MODULE)
 

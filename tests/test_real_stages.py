@@ -257,9 +257,9 @@ def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch, 
     cfg = load_config("ci", {"results_dir": str(tmp_path / "results"), "synthetic.n_train": 4, "synthetic.n_test": 1,
                              "real_data.max_images": 14, "e3.encoders": ["alexnet"], "e3.evaluations": 1,
                              "e3.alexnet.iterations": 2, "e8.max_photos": 2, "training.eval_images": 2,
-                             "e4.steps": 2, "e4.real_images": 1, "e3.fit_light": 1})
+                             "e4.steps": 2, "e4.real_images": 1})
     synthetic.run(cfg)
-    e1_weights = e1_synthetic.outputs(cfg)["encoder"]  # stands in for E1's run
+    e1_weights = e1_synthetic.outputs(cfg)["encoder_alexnet"]  # stands in for E1's run
     e1_weights.parent.mkdir(parents=True)
     torch.save(build_encoder("alexnet", training_decoder(cfg, build_face_model(cfg)).layout, seed=7).state_dict(),
                e1_weights)
@@ -315,12 +315,18 @@ def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch, 
     assert len(per_image) == 2 * len(methods)  # one image of each set
 
 
-def test_e3_run_key_names_the_light_option():
-    """A run trained with each image's fitted light is not resumed as one trained without it."""
+def test_e3_run_key_names_what_the_run_depends_on():
+    """A run trained on another batch mix or with its own schedule changed is not resumed; another
+    encoder's schedule leaves it alone."""
     from pipelines.e2_e3_real import run_key
 
-    plain, fitted = load_config("ci"), load_config("ci", {"e3.fit_light": 2})
-    assert run_key(plain, "alexnet", False, None)["config"] != run_key(fitted, "alexnet", False, None)["config"]
+    def key(overrides):
+        return run_key(load_config("ci", overrides), "alexnet", False, None)["config"]
+
+    plain = key({})
+    assert key({"e3.synthetic_fraction": 0.25}) != plain
+    assert key({"e3.alexnet.iterations": 3}) != plain
+    assert key({"e3.vgg_face.iterations": 3}) == plain
 
 
 def test_run_folder_starts_over_when_what_made_it_changed(tmp_path):

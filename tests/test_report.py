@@ -210,4 +210,4 @@ def test_dvc_finds_the_declared_metrics_and_plots():
         shown[kind] = json.loads(result.stdout)
     assert set(shown["metrics"][""]["data"]) == declared("metrics")
     assert set(shown["plots"]["data"]) | {e["name"] for e in shown["plots"].get("errors", [])} == declared("plots")
-    assert declared("plots") >= {f"results/{preset}/runs/e1_alexnet/metrics.csv"}
+    assert declared("plots") >= {f"results/{preset}/tables/e1_synthetic_curves.csv"}

@@ -241,7 +241,7 @@ def test_training_killed_with_sigkill_resumes_to_the_same_results(e1_once, cache
     from pipelines import e1_synthetic, synthetic
     cfg = e1_config(tmp_path / "results", cache)
     synthetic.run(cfg)
-    run = e1_synthetic.run_dir(cfg)
+    run = e1_synthetic.run_dir(cfg, cfg["e1"]["encoders"][0])
     process = subprocess.Popen(e1_command(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
                                cwd=REPO_ROOT)
     deadline = time.monotonic() + 240

@@ -14,8 +14,8 @@ from mofa.encoders import build_encoder
 from mofa.errors import MofaError
 from mofa.losses import LossWeights, mofa_loss
 from mofa.training.evaluate import synthetic_evaluator
-from mofa.training.trainer import (CHECKPOINT, FINAL, METRICS, Schedule, TrainSettings, blur_sigma, encoder_input, landmark_weight,
-                                   train)
+from mofa.training.trainer import (CHECKPOINT, FINAL, METRICS, SCHEDULE_KEYS, Schedule, TrainSettings, blur_sigma,
+                                   encoder_input, train)
 
 CAMERA = PinholeCamera()
 
@@ -117,33 +117,6 @@ def test_zero_code_evaluation_is_the_mean_face(setup):
     assert 0 < result["photometric_error_mean"] < 1 and result["landmark_error_mean"] > 0
 
 
-def test_landmark_weight_schedules():
-    constant = TrainSettings(iterations=10)
-    decay = TrainSettings(iterations=11, land_decay_to=0.0)
-    warmup = TrainSettings(iterations=10, schedule=Schedule(land_until=0.5))
-    assert [landmark_weight(constant, 2.0, it) for it in (1, 10)] == [2.0, 2.0]
-    assert [landmark_weight(decay, 2.0, it) for it in (1, 6, 11)] == pytest.approx([2.0, 1.0, 0.0])
-    # Falls linearly from 2 at iteration 1 to 0 at iteration 6 (half of 10), then stays 0.
-    assert [landmark_weight(warmup, 2.0, it) for it in (1, 2, 6, 7, 10)] == pytest.approx([2.0, 1.6, 0.0, 0.0, 0.0])
-    assert landmark_weight(warmup, 0.0, 1) == 0.0  # a run without landmarks stays without
-
-
-def test_light_first_trains_only_the_light_outputs(setup, tmp_path):
-    """With light_first covering the whole run, every output but the light stays at the zero-initialised
-    head's 0 (the mean face), while the light outputs move."""
-    _, decoder, train_set, _ = setup
-    encoder = fresh_encoder(decoder)
-    settings = dataclasses.replace(SETTINGS, iterations=4, eval_at=(), schedule=Schedule(light_first=1.0))
-    train(tmp_path, encoder, decoder, train_set, settings, LossWeights())
-    encoder.eval()
-    with torch.no_grad():
-        code = encoder(encoder_input(train_set.batch(np.arange(4))["images"], 64))
-    light = decoder.layout.slices["light"]
-    others = ~decoder.layout.mask("light")
-    assert torch.all(code[:, others] == 0)
-    assert code[:, light].abs().max() > 0
-
-
 def test_hold_keeps_the_held_entries_at_the_mean_face_until_released(setup, tmp_path):
     """hold ("roll", "tx", "expression") over the whole run: those outputs stay at the zero head's 0 while
     the rest of the code moves; released after half the run, they move too. An unknown name is an error
@@ -171,14 +144,16 @@ def test_hold_keeps_the_held_entries_at_the_mean_face_until_released(setup, tmp_
 
 def test_fit_light_trains_the_light_output_towards_each_images_fitted_light(setup, tmp_path):
     """With fit_light the photometric term sees each image's fitted light whatever the encoder's light
-    output is, and that output learns the fitted light by regression: with only the light training,
-    it ends closer to the fitted light than the zero-initialised head's was."""
+    output is, and that output learns the fitted light by regression: with the rest of the code held
+    (at the mean face) over the whole run, it ends closer to the fitted light than the
+    zero-initialised head's was."""
     from mofa.losses import with_fitted_light
 
     _, decoder, train_set, _ = setup
     images = train_set.batch(np.arange(8))["images"]
     encoder = fresh_encoder(decoder)
-    settings = dataclasses.replace(SETTINGS, iterations=8, eval_at=(), schedule=Schedule(light_first=1.0, fit_light=2))
+    settings = dataclasses.replace(SETTINGS, iterations=8, eval_at=(), schedule=Schedule(
+        fit_light=2, hold=("shape", "expression", "reflectance", "rotation", "translation"), hold_until=1.0))
     light = decoder.layout.slices["light"]
     encoder.eval()
     with torch.no_grad():
@@ -195,46 +170,47 @@ def test_fit_light_trains_the_light_output_towards_each_images_fitted_light(setu
     assert (after[:, light] - target).norm() < (before[:, light] - target).norm()
 
 
-def test_blur_schedule_starts_after_the_light_only_steps():
+def test_blur_schedule_falls_linearly_from_the_first_iteration():
     plain = TrainSettings(iterations=100, blur_sigma_px=4.0, blur_until=0.5)
     assert [blur_sigma(plain, it) for it in (1, 26, 51, 100)] == [4.0, 2.0, 0.0, 0.0]
-    staged = dataclasses.replace(plain, schedule=Schedule(light_first=0.2))  # 20 light-only steps, then 40 of blur decay
-    assert [blur_sigma(staged, it) for it in (1, 20, 21, 41, 61, 100)] == [4.0, 4.0, 4.0, 2.0, 0.0, 0.0]
+    short = dataclasses.replace(plain, blur_until=0.2)  # 20 iterations of blur decay from the first
+    assert [blur_sigma(short, it) for it in (1, 11, 21, 100)] == [4.0, 2.0, 0.0, 0.0]
+    assert blur_sigma(dataclasses.replace(plain, blur_sigma_px=0.0), 1) == 0.0  # off
 
 
 def test_e1_titles_name_every_schedule_option():
     from mofa.config import load_config
     from pipelines.e1_synthetic import schedule_note
 
-    assert schedule_note(load_config("ci")) == ""
-    cfg = load_config("ci", {"e1.light_first": 0.25, "e1.iterations": 40})
-    assert schedule_note(cfg) == "; only the light trained for the first 10 iterations"
-    assert schedule_note(cfg, short=True) == ", light alone for 10 its"
-    both = load_config("ci", {"e1.light_first": 0.25, "e1.iterations": 40, "e1.landmark_warmup": 0.5})
-    assert schedule_note(both, short=True) == ", light alone for 10 its, landmark warm-up over 50% of the run"
+    assert schedule_note(load_config("ci"), "alexnet") == ""
     fitted = load_config("ci", {"e1.fit_light": 4})
-    assert schedule_note(fitted, short=True) == ", each image's own best light in the loss"
-    assert "own best light" in schedule_note(fitted)
+    assert schedule_note(fitted, "alexnet", short=True) == ", own light fitted"
+    assert "own best light" in schedule_note(fitted, "alexnet")
     held = load_config("ci", {"e1.hold": ["roll", "tx"], "e1.hold_until": 0.5, "e1.iterations": 40})
-    assert schedule_note(held, short=True) == ", roll/tx held for 20 its"
-    assert schedule_note(held) == "; roll, tx got no gradient (kept the mean face's) for the first 20 iterations"
+    assert schedule_note(held, "alexnet", short=True) == ", roll/tx held 20 its"
+    assert schedule_note(held, "alexnet") == "; roll, tx got no gradient (kept the mean face's) for the first 20 iterations"
+    both = load_config("ci", {"e1.fit_light": 4, "e1.hold": ["roll", "tx"], "e1.hold_until": 0.5, "e1.iterations": 40})
+    assert schedule_note(both, "alexnet", short=True) == ", own light fitted, roll/tx held 20 its"
+    # e1.<encoder> replaces e1's keys for that encoder only
+    own = load_config("ci", {"e1.hold": ["roll"], "e1.hold_until": 0.5, "e1.iterations": 40,
+                             "e1.dlib_resnet": {"hold": [], "iterations": 20}})
+    assert schedule_note(own, "alexnet", short=True) == ", roll held 20 its"
+    assert schedule_note(own, "dlib_resnet") == ""
 
 
 def test_schedule_from_config_reads_each_sections_schedule_keys():
-    """Schedule.from_config is the one place that turns e1/e3 keys into a Schedule: E1's five keys,
-    E3's fit_light alone, a landmark warm-up only for runs without landmarks (run_training refuses
-    one with landmarks)."""
+    """Schedule.from_config is the one place that turns an E1 section's keys into a Schedule: its three
+    schedule keys (an encoder's own e1.<encoder> replacing e1's); E3 has none (its runs train with a
+    plain Schedule)."""
     from mofa.config import load_config
-    from mofa.training.runs import run_training
+    from pipelines.e1_synthetic import section
 
     e1 = load_config("default")["e1"]
     s = Schedule.from_config(e1)
-    assert (s.fit_light, s.hold, s.hold_until, s.light_first, s.land_until) == (
-        e1["fit_light"], tuple(e1["hold"]), e1["hold_until"], e1["light_first"], None)
-    warm = load_config("ci", {"e1.landmark_warmup": 0.4, "e1.light_first": 0.1})["e1"]
-    assert Schedule.from_config(warm) == Schedule(land_until=0.4, light_first=0.1)
-    assert Schedule.from_config(warm, landmarks=True).land_until is None
-    assert Schedule.from_config(load_config("ci", {"e3.fit_light": 3})["e3"]) == Schedule(fit_light=3)
-    with pytest.raises(ValueError, match="land_until"):
-        run_training(load_config("ci"), None, None, "alexnet", None, None, 1, 1, landmarks=True,
-                     schedule=Schedule(land_until=0.5))
+    assert (s.fit_light, s.hold, s.hold_until) == (e1["fit_light"], tuple(e1["hold"]), e1["hold_until"])
+    own = load_config("ci", {"e1.fit_light": 2, "e1.hold": ["roll"], "e1.hold_until": 0.5,
+                             "e1.dlib_resnet": {"hold": ["tx"], "fit_light": 0}})
+    assert Schedule.from_config(section(own, "alexnet")) == Schedule(fit_light=2, hold=("roll",), hold_until=0.5)
+    assert Schedule.from_config(section(own, "dlib_resnet")) == Schedule(fit_light=0, hold=("tx",), hold_until=0.5)
+    for preset in ("ci", "default", "paper"):
+        assert not set(SCHEDULE_KEYS) & set(load_config(preset)["e3"])

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from mofa.config import CONFIG_DIR, REPO_ROOT, load_config, presets, read_yaml
+from pipelines import _stage
 from mofa.errors import MofaError
 from pipelines import _stage
 
@@ -52,7 +53,8 @@ def test_dvc_stage_matches_its_module(stage):
     spec = dvc_stages()[stage]
     assert f"python -m pipelines.{stage} --config config/${{preset}}.yaml" in spec["cmd"]
     needed = {str(path).replace(f"results/{name}/", "results/${preset}/") for other in getattr(module, "NEEDS", ())
-              for name in ["default"] for path in importlib.import_module(f"pipelines.{other}").outputs(load_config(name)).values()}
+              for name in ["default"]
+              for path in _stage.dvc_outputs(importlib.import_module(f"pipelines.{other}"), load_config(name)).values()}
     assert set(entries(spec["deps"])) == set(module.SOURCES) | needed
     (params_file, sections), = entries(spec["params"]).items()
     assert params_file == "config/${preset}.yaml"
@@ -60,7 +62,7 @@ def test_dvc_stage_matches_its_module(stage):
     for name in presets():
         declared = {path.replace("${preset}", name) for path in
                     [*entries(spec.get("outs", [])), *entries(spec.get("metrics", [])), *entries(spec.get("plots", []))]}
-        assert declared == {str(p) for p in module.outputs(load_config(name)).values()}, name
+        assert declared == {str(p) for p in _stage.dvc_outputs(module, load_config(name)).values()}, name
         # DVC reads these sections straight from the preset file, so each must be written there.
         raw = read_yaml(CONFIG_DIR / f"{name}.yaml")
         assert set(module.PARAMS) <= set(raw), f"config/{name}.yaml lacks {set(module.PARAMS) - set(raw)}"

@@ -15,11 +15,13 @@ import torch
 
 from mofa.decoder.layout import CodeLayout
 from mofa.encoders.alexnet import AlexNetEncoder
+from mofa.encoders.dlib_resnet import DlibResNetEncoder
 from mofa.encoders.head import IMAGENET_MEAN, IMAGENET_STD, CodeHead, Encoder
 from mofa.encoders.vgg import VGGFaceEncoder, convert_vgg_face_state_dict
 from mofa.errors import MofaError
 
-ENCODERS: dict[str, type[Encoder]] = {"alexnet": AlexNetEncoder, "vgg_face": VGGFaceEncoder}
+ENCODERS: dict[str, type[Encoder]] = {"alexnet": AlexNetEncoder, "vgg_face": VGGFaceEncoder,
+                                      "dlib_resnet": DlibResNetEncoder}
 
 _KEYS_SHOWN = 5
 
@@ -72,7 +74,7 @@ def kaiming_init_(encoder: Encoder) -> Encoder:
 
 def build_encoder(name: str, code_layout: CodeLayout, weights_path: str | Path | None = None,
                   rotation_bound_rad: float | None = None, seed: int = 0, random_init: str = "pytorch",
-                  dropout: float | None = None, module: str | None = None) -> Encoder:
+                  dropout: float | None = None, module: str | None = None, options: dict | None = None) -> Encoder:
     """The encoder `name` with a zero-initialised code head of `code_layout.size` outputs.
 
     Backbone: seeded random init (the global RNG is left untouched; `random_init` "pytorch" = each
@@ -80,7 +82,8 @@ def build_encoder(name: str, code_layout: CodeLayout, weights_path: str | Path |
     pre-trained state dict (its last layer is dropped: the code head replaces it). `dropout`: the
     probability of every `nn.Dropout` in training mode (None keeps the architecture's, 0.5 for
     AlexNet and VGG as in torchvision; it has no weights, so any value loads the same files). `module`:
-    imported first when `name` is not registered yet (`ensure_registered`)."""
+    imported first when `name` is not registered yet (`ensure_registered`). `options`: keyword arguments
+    of the encoder's constructor (e.g. dlib_resnet's stage)."""
     ensure_registered(name, module)
     if name not in ENCODERS:
         raise MofaError(f"unknown encoder {name!r}: choose one of {', '.join(sorted(ENCODERS))}")
@@ -90,18 +93,27 @@ def build_encoder(name: str, code_layout: CodeLayout, weights_path: str | Path |
         _check_weights_file(Path(weights_path))  # fail before building a large network
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise MofaError(f"dropout for encoder {name!r} must be in [0, 1), got {dropout}")
+    # An encoder with `loads_own_weights` (dlib_resnet) reads its pre-trained weights in its constructor,
+    # from weights_path (its own file format) or its default file; random_init does not apply to it.
+    own_weights = getattr(ENCODERS[name], "loads_own_weights", False)
+    kwargs = dict(options or {}) | ({"weights_path": weights_path} if own_weights else {})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = ENCODERS[name](code_layout, rotation_bound_rad=rotation_bound_rad)
-        if random_init == "kaiming" and weights_path is None:
-            kaiming_init_(encoder)
-    encoder.pretrained = False
-    encoder.init_description = (f"random init (seed {seed}{', He/Kaiming normal' if random_init == 'kaiming' else ''}), "
-                                f"no pre-trained weights")
+        try:
+            encoder = ENCODERS[name](code_layout, rotation_bound_rad=rotation_bound_rad, **kwargs)
+        except TypeError as error:
+            raise MofaError(f"encoders.{name}.options {dict(options or {})}: {error}") from None
+        if not own_weights:
+            if random_init == "kaiming" and weights_path is None:
+                kaiming_init_(encoder)
+    if not own_weights:
+        encoder.pretrained = False
+        encoder.init_description = (f"random init (seed {seed}{', He/Kaiming normal' if random_init == 'kaiming' else ''}), "
+                                    f"no pre-trained weights")
     if dropout is not None:
         set_dropout(encoder, dropout)
         encoder.init_description += f"; dropout {dropout:g}"
-    if weights_path is not None:
+    if weights_path is not None and not own_weights:
         load_backbone_weights(encoder, weights_path)
     return encoder
 
@@ -171,6 +183,7 @@ def load_backbone_weights(encoder: Encoder, path: str | Path) -> None:
                                 f"zero-initialised code regressor")
 
 
-__all__ = ["ENCODERS", "RANDOM_INITS", "kaiming_init_", "IMAGENET_MEAN", "IMAGENET_STD", "AlexNetEncoder", "CodeHead", "Encoder",
+__all__ = ["ENCODERS", "RANDOM_INITS", "kaiming_init_", "IMAGENET_MEAN", "IMAGENET_STD", "AlexNetEncoder", "CodeHead",
+           "DlibResNetEncoder", "Encoder",
            "VGGFaceEncoder", "build_encoder", "convert_vgg_face_state_dict", "load_backbone_weights",
            "ensure_registered", "register_encoder"]

@@ -109,11 +109,21 @@ class Encoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.code_head(self.embed(self.normalise(images)))
 
-    def parameter_groups(self, lr: float, lr_z: float) -> list[dict]:
-        """Optimiser parameter groups: every parameter at `lr`, except the z-translation output's own
-        weights and bias at `lr_z` (paper: AdaDelta 0.1 and 0.0005)."""
+    def calibrate(self, images: torch.Tensor) -> None:
+        """Called by the trainer once before a run's first step with its first training images (B, 3,
+        H, W) in [0, 1] at the input size: an encoder with data-dependent buffers sets them here
+        (state it keeps in its state dict). Nothing by default."""
+
+    def parameter_groups(self, lr: float, lr_z: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+        """Optimiser parameter groups: the code head at `lr`, its z-translation output's own weights and
+        bias at `lr_z` (paper: AdaDelta 0.1 and 0.0005), and the backbone (everything outside the head)
+        at `backbone_lr_scale * lr` (1 in the paper; below 1 keeps pre-trained features)."""
         z_params = list(self.code_head.z_translation.parameters())
         z_ids = {id(p) for p in z_params}
-        rest = [p for p in self.parameters() if id(p) not in z_ids]
-        return [{"params": rest, "lr": lr, "name": "encoder"},
-                {"params": z_params, "lr": lr_z, "name": "z_translation"}]
+        head_ids = {id(p) for p in self.code_head.parameters()}
+        head = [p for p in self.code_head.parameters() if id(p) not in z_ids]
+        backbone = [p for p in self.parameters() if id(p) not in head_ids]
+        groups = [{"params": backbone, "lr": lr * backbone_lr_scale, "name": "backbone"},
+                  {"params": head, "lr": lr, "name": "head"},
+                  {"params": z_params, "lr": lr_z, "name": "z_translation"}]
+        return [g for g in groups if g["params"]]

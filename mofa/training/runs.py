@@ -2,6 +2,7 @@
 loss weights and training settings, so every experiment trains the same way."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -32,7 +33,23 @@ def make_encoder(cfg: Mapping, name: str, decoder: Decoder, seed: int | None = N
     return build_encoder(name, decoder.layout, weights_path=options["weights_path"],
                          rotation_bound_rad=None if bound is None else math.radians(bound),
                          seed=cfg["seed"] if seed is None else seed, random_init=options["random_init"],
-                         dropout=options["dropout"], module=options["module"])
+                         dropout=options["dropout"], module=options["module"], options=options["options"])
+
+
+# encoders.<name> keys that, where set, replace training's for that encoder (`encoder_config`).
+TRAINING_OVERRIDES = ("optimiser", "lr", "lr_z", "backbone_lr_scale", "input_size")
+
+
+def encoder_config(cfg: Mapping, name: str) -> dict:
+    """The config with training.<key> replaced by encoders.<name>.<key> where that is set (not null),
+    for each of TRAINING_OVERRIDES: how this encoder trains (a pre-trained trunk with Adam, say, beside
+    the paper's AdaDelta for the others)."""
+    out = copy.deepcopy(dict(cfg))
+    options = cfg["encoders"].get(name, {})
+    for key in TRAINING_OVERRIDES:
+        if options.get(key) is not None:
+            out["training"][key] = options[key]
+    return out
 
 
 def settings_for(cfg: Mapping, iterations: int, n_evals: int, progress: bool = True,
@@ -40,11 +57,12 @@ def settings_for(cfg: Mapping, iterations: int, n_evals: int, progress: bool = T
     """TrainSettings with `n_evals` evenly spaced evaluations (plus iteration 0)."""
     tr = cfg["training"]
     step = max(1, iterations // max(1, n_evals))
-    return TrainSettings(iterations=iterations, batch_size=tr["batch_size"], lr=tr["lr"], lr_z=tr["lr_z"],
+    return TrainSettings(iterations=iterations, batch_size=tr["batch_size"], optimiser=tr["optimiser"], lr=tr["lr"],
+                         lr_z=tr["lr_z"], backbone_lr_scale=tr["backbone_lr_scale"],
                          rho=tr["rho"], eps=tr["eps"], eval_at=tuple(range(step, iterations + 1, step)),
                          checkpoint_every=tr["checkpoint_every"], input_size=tr["input_size"],
-                         seed=cfg["seed"], land_decay_to=tr["land_decay_to"], blur_sigma_px=tr["blur_sigma_px"],
-                         blur_until=tr["blur_until"], schedule=schedule, progress=progress)
+                         seed=cfg["seed"], blur_sigma_px=tr["blur_sigma_px"], blur_until=tr["blur_until"],
+                         schedule=schedule, progress=progress)
 
 
 def loss_weights(cfg: Mapping, landmarks: bool) -> LossWeights:
@@ -61,11 +79,8 @@ def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: st
 
     evaluate_factory(decoder, device) -> (encoder -> dict of metrics); init_from: encoder weights to
     start from (e.g. a synthetic run) instead of the config's backbone weights; schedule: what trains
-    when (`Schedule.from_config` reads it from an experiment's section); its land_until, a landmark
-    warm-up, turns the landmark term on at its configured weight in a run without landmarks.
+    when (`Schedule.from_config` reads it from an experiment's section).
     """
-    if landmarks and schedule.land_until is not None:
-        raise ValueError("a landmark warm-up (schedule.land_until) is for runs without landmarks")
     device = select_device(cfg)
     decoder = training_decoder(cfg, model).to(device)
     encoder = make_encoder(cfg, encoder_name, decoder)
@@ -74,7 +89,7 @@ def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: st
         encoder.init_description = f"started from the weights {init_from}"
     write_encoder_card(run_dir, cfg, encoder_name, decoder, encoder)
     table = train(run_dir, encoder, decoder, data, settings_for(cfg, iterations, n_evals, schedule=schedule),
-                  loss_weights(cfg, landmarks or schedule.land_until is not None), evaluate_factory(decoder, device),
+                  loss_weights(cfg, landmarks), evaluate_factory(decoder, device),
                   device)
     return table, encoder
 
@@ -88,7 +103,8 @@ def write_encoder_card(run_dir: Path, cfg: Mapping, encoder_name: str, decoder: 
     card = {"encoder": encoder_name, "code_layout": decoder.layout.sizes, "input_size": cfg["training"]["input_size"],
             "rotation_bound_deg": cfg["training"]["rotation_bound_deg"], "face_model": dict(cfg["face_model"]),
             "camera": dict(cfg["camera"]), "light": dict(cfg["light"]), "init": encoder.init_description,
-            "preset": cfg["preset"], "module": cfg["encoders"][encoder_name]["module"]}
+            "preset": cfg["preset"], "module": cfg["encoders"][encoder_name]["module"],
+            "options": dict(cfg["encoders"][encoder_name]["options"])}
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     path = Path(run_dir) / ENCODER_CARD
     tmp = path.with_name(path.name + ".tmp")
@@ -114,8 +130,9 @@ def load_encoder(cfg: Mapping, name: str, decoder: Decoder, path: str | Path) ->
     elif (path.parent / ENCODER_CARD).is_file():
         settings = json.loads((path.parent / ENCODER_CARD).read_text())
     bound = cfg["training"]["rotation_bound_deg"]
+    options = cfg["encoders"].get(name, {})
     encoder = build_encoder(name, decoder.layout, rotation_bound_rad=None if bound is None else math.radians(bound),
-                            seed=cfg["seed"], module=cfg["encoders"].get(name, {}).get("module"))
+                            seed=cfg["seed"], module=options.get("module"), options=options.get("options"))
     try:
         encoder.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:

@@ -32,6 +32,7 @@ CHECKPOINT = "checkpoint.pt"
 # enough for its light to follow (E1's photometric error at the end is the encoder's own light's).
 LIGHT_TARGET_WEIGHT = 1.0
 FINAL = "encoder.pt"
+CALIBRATION_IMAGES = 256  # the first training images an encoder's `calibrate` sees
 METRICS = "metrics.csv"
 
 
@@ -41,25 +42,19 @@ class TrainingData(Protocol):
 
 
 # The config keys an experiment's section may set to shape its Schedule (`Schedule.from_config`).
-SCHEDULE_KEYS = ("light_first", "fit_light", "hold", "hold_until", "landmark_warmup")
+SCHEDULE_KEYS = ("fit_light", "hold", "hold_until")
 
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """What trains when, beyond the paper's plain schedule (everything off by default).
 
-    land_until: with f in (0, 1], the landmark weight falls linearly from its value to 0 at iteration
-    f * iterations and stays 0 after (a warm-up for otherwise landmark-free runs); light_first: the first
-    light_first * iterations steps train only the light outputs (the rest of the code is used but gets
-    no gradient), and the blur schedule starts after them; fit_light: with n > 0, the photometric term
-    uses each image's own best light for the rest of the code (n IRLS solves of the l2,1 fit,
-    `with_fitted_light`; no gradient through it) instead of the encoder's light, and the encoder's light
-    output learns that light by regression (LIGHT_TARGET_WEIGHT); hold: code parts or single pose
-    entries (names as `CodeLayout.mask`, e.g. "roll", "tx") that get no gradient during the first
-    hold_until * iterations steps, so they keep their starting output (zero from a fresh head) while the
-    rest of the code learns."""
-    land_until: float | None = None
-    light_first: float = 0.0
+    fit_light: with n > 0, the photometric term uses each image's own best light for the rest of the
+    code (n IRLS solves of the l2,1 fit, `with_fitted_light`; no gradient through it) instead of the
+    encoder's light, and the encoder's light output learns that light by regression
+    (LIGHT_TARGET_WEIGHT); hold: code parts or single pose entries (names as `CodeLayout.mask`, e.g.
+    "roll", "tx") that get no gradient during the first hold_until * iterations steps, so they keep
+    their starting output (zero from a fresh head) while the rest of the code learns."""
     fit_light: int = 0
     hold: tuple[str, ...] = ()
     hold_until: float = 0.0
@@ -68,16 +63,9 @@ class Schedule:
         object.__setattr__(self, "hold", tuple(self.hold))
 
     @classmethod
-    def from_config(cls, section: Mapping, landmarks: bool = False) -> "Schedule":
-        """From an experiment's config section: those of SCHEDULE_KEYS it has, `landmark_warmup` f > 0
-        becoming land_until for a run without landmarks."""
-        keys = {k: section[k] for k in SCHEDULE_KEYS if k in section}
-        warmup = keys.pop("landmark_warmup", None) or 0.0
-        return cls(land_until=warmup if warmup > 0 and not landmarks else None, **keys)
-
-    def light_only_steps(self, iterations: int) -> int:
-        """Steps (from the first) in which only the light outputs train."""
-        return int(round(self.light_first * iterations))
+    def from_config(cls, section: Mapping) -> "Schedule":
+        """From an experiment's config section: those of SCHEDULE_KEYS it has."""
+        return cls(**{k: section[k] for k in SCHEDULE_KEYS if k in section})
 
     def held_steps(self, iterations: int) -> int:
         """Steps (from the first) in which the `hold` entries get no gradient."""
@@ -86,22 +74,23 @@ class Schedule:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-    """One training run. iterations: optimiser steps; eval_at: iterations at which to evaluate
+    """One training run. iterations: optimiser steps; optimiser: "adadelta" (the paper; rho, eps) or
+    "adam" (PyTorch's defaults beside lr); lr, lr_z, backbone_lr_scale: see `Encoder.parameter_groups`; eval_at: iterations at which to evaluate
     (0 and the last are always included); input_size: side the images are resized to for the
-    encoder (the loss always sees the full crop); land_decay_to: landmark weight at the last
-    iteration (linear decay from the loss weight's value; None keeps it constant); schedule: what
-    trains when (`Schedule`)."""
+    encoder (the loss always sees the full crop); blur_sigma_px, blur_until: the loss's blur
+    (`blur_sigma`); schedule: what trains when (`Schedule`)."""
     iterations: int
     batch_size: int = 5
+    optimiser: str = "adadelta"
     lr: float = 0.1
     lr_z: float = 0.0005
+    backbone_lr_scale: float = 1.0
     rho: float = 0.9
     eps: float = 1e-6
     eval_at: tuple[int, ...] = ()
     checkpoint_every: int = 100
     input_size: int = 240
     seed: int = 0
-    land_decay_to: float | None = None
     blur_sigma_px: float = 0.0
     blur_until: float = 0.5
     schedule: Schedule = Schedule()
@@ -126,15 +115,10 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def blur_sigma(settings: TrainSettings, it: int) -> float:
-    """The loss's blur (px) at iteration `it` (1-based): blur_sigma_px through the light-only steps, then
-    falling linearly to 0 over blur_until of the remaining iterations."""
-    first = light_only_steps(settings)
-    span = max(1.0, settings.blur_until * (settings.iterations - first))
-    return settings.blur_sigma_px * max(0.0, 1.0 - max(0, it - 1 - first) / span)
-
-
-def light_only_steps(settings: TrainSettings) -> int:
-    return settings.schedule.light_only_steps(settings.iterations)
+    """The loss's blur (px) at iteration `it` (1-based): blur_sigma_px at the first, falling linearly to
+    0 over blur_until of the iterations."""
+    span = max(1.0, settings.blur_until * settings.iterations)
+    return settings.blur_sigma_px * max(0.0, 1.0 - (it - 1) / span)
 
 
 def held_steps(settings: TrainSettings) -> int:
@@ -178,17 +162,25 @@ def load_checkpoint(path: Path) -> dict:
         raise MofaError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc}); delete it to start over") from None
 
 
-def landmark_weight(settings: TrainSettings, base: float, it: int) -> float:
-    """The landmark weight at iteration `it` (1-based) of a run whose loss weight is `base`: constant,
-    a linear decay to settings.land_decay_to at the last iteration, or a warm-up falling linearly to 0
-    at settings.schedule.land_until * iterations."""
-    if base <= 0:
-        return base
-    if settings.schedule.land_until is not None:
-        return base * max(0.0, 1.0 - (it - 1) / (settings.schedule.land_until * settings.iterations))
-    if settings.land_decay_to is not None:
-        return base + (it - 1) / max(1, settings.iterations - 1) * (settings.land_decay_to - base)
-    return base
+OPTIMISERS = ("adadelta", "adam")
+
+
+def make_optimiser(encoder: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """The run's optimiser over `encoder.parameter_groups`."""
+    groups = encoder.parameter_groups(settings.lr, settings.lr_z, settings.backbone_lr_scale)
+    if settings.optimiser == "adadelta":
+        return torch.optim.Adadelta(groups, rho=settings.rho, eps=settings.eps)
+    if settings.optimiser == "adam":
+        return torch.optim.Adam(groups)
+    raise MofaError(f"training optimiser {settings.optimiser!r}: choose one of {', '.join(OPTIMISERS)}")
+
+
+def visible_share(decoded, face_mask: torch.Tensor, height: int, width: int) -> float:
+    """Batch mean of the share of face-region vertices in the photometric term's visible set V: a
+    falling share means the loss is being lowered by turning or sliding the face away."""
+    from mofa.losses import visible_vertices
+    visible = visible_vertices(decoded, face_mask.to(decoded.screen.device), height, width)
+    return float(visible.sum(-1).float().mean() / max(int(face_mask.sum()), 1))
 
 
 def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Module, data: TrainingData,
@@ -205,8 +197,7 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
     device = torch.device(device)
     encoder.to(device).train()
     decoder.to(device)
-    optimiser = torch.optim.Adadelta(encoder.parameter_groups(settings.lr, settings.lr_z), rho=settings.rho,
-                                     eps=settings.eps)
+    optimiser = make_optimiser(encoder, settings)
     rows: list[dict] = []
     start_it, running = 0, None
     ckpt_path = run_dir / CHECKPOINT
@@ -228,12 +219,14 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
     n = len(data)
     if n < settings.batch_size:
         raise MofaError(f"training data has {n} images, fewer than the batch size {settings.batch_size}")
-    base_land = weights.land
     light = decoder.layout.mask("light", device=device)
     try:
         held = decoder.layout.mask(*settings.schedule.hold, device=device)
     except ValueError as exc:
         raise MofaError(f"training setting hold: {exc}") from None
+    if start_it == 0:
+        first = data.batch(np.arange(min(n, CALIBRATION_IMAGES)), device)["images"]
+        encoder.calibrate(encoder_input(first, settings.input_size))
     if start_it == 0 and 0 in eval_points and evaluate is not None:
         rows.append({"iteration": 0, "seconds": 0.0, **evaluate(encoder)})
         atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
@@ -245,14 +238,10 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
         rng = np.random.default_rng([settings.seed, it])
         torch.manual_seed(settings.seed * 1_000_003 + it)
         batch = data.batch(rng.choice(n, settings.batch_size, replace=False), device)
-        w = dataclasses.replace(weights, land=landmark_weight(settings, base_land, it))
         code = encoder(encoder_input(batch["images"], settings.input_size))
-        if it <= light_only_steps(settings):
-            # from the mean face the pose gradient is mostly noise until the light matches the image
-            code = torch.where(light, code, code.detach())
         if it <= held_steps(settings):
             code = torch.where(held, code.detach(), code)
-        use_landmarks = w.land > 0 and "landmarks" in batch
+        use_landmarks = weights.land > 0 and "landmarks" in batch
         images = gaussian_blur(batch["images"], blur_sigma(settings, it))
         light_target = None
         if settings.schedule.fit_light:
@@ -262,7 +251,7 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
             code = torch.where(light, fitted, code)
         terms = mofa_loss(decoder, code, images, batch.get("landmarks") if use_landmarks else None,
                           batch.get("landmark_confidence") if use_landmarks else None,
-                          w if use_landmarks else dataclasses.replace(w, land=0.0))
+                          weights if use_landmarks else dataclasses.replace(weights, land=0.0))
         total = terms.total if light_target is None else terms.total + light_target
         optimiser.zero_grad(set_to_none=True)
         total.backward()
@@ -279,6 +268,7 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
                 rows.append({"iteration": it, "seconds": round(seconds, 2), "train_loss": running,
                              **{f"train_{k}": v for k, v in terms.log().items()},
                              **({} if light_target is None else {"train_light_target": float(light_target.detach())}),
+                             "train_visible_share": visible_share(terms.decoded, decoder.face_mask, *images.shape[-2:]),
                              **evaluate(encoder)})
                 atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
             atomic_torch_save({"iteration": it, "encoder": encoder.state_dict(), "optimiser": optimiser.state_dict(),
