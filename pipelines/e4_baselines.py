@@ -134,9 +134,11 @@ def run(cfg: dict) -> dict:
 
         start = record(MEAN_FACE, torch.zeros(n, decoder.code_size), 0.0)
         fits = {}
-        with_landmarks = loss_weights(cfg, True)
+        # The baseline minimises the paper's energy: a vertex that turns away costs nothing there (its
+        # least-squares form has no term for loss.invisible_cost, an encoder-training remedy).
+        with_landmarks = dataclasses.replace(loss_weights(cfg, True), invisible_cost=0.0)
         inputs = {GN_LAND: (batch["landmarks"], batch.get("landmark_confidence"), with_landmarks),
-                  GN_NOLAND: (None, None, loss_weights(cfg, False)),
+                  GN_NOLAND: (None, None, dataclasses.replace(with_landmarks, land=0.0)),
                   ORACLE: (batch[GROUND_TRUTH[dataset]], None, dataclasses.replace(with_landmarks, photo=0.0))}
         for method in FITS:
             landmarks, confidences, weights = inputs[method]
@@ -170,7 +172,8 @@ def run(cfg: dict) -> dict:
                                    for m in table.method]
     write_table(table, out["table"], out["table_md"], cfg,
                 title=f"E4 (Figs. 7, 14): Gauss-Newton ({e4['steps']} steps from the mean face) against the trained "
-                      f"encoders, and the oracle (the same fit to the ground-truth landmarks alone); synthetic test set ({len(datasets['synthetic'][0]['images'])} images) and AFLW2000 "
+                      f"encoders, and the oracle (the same fit to the ground-truth landmarks alone); synthetic test "
+                      f"set ({len(datasets['synthetic'][0]['images'])} images) and AFLW2000 "
                       f"eval split ({len(datasets['real'][0]['images'])} images); time per image on "
                       f"{_device_name(device)} (paper: ~500 ms optimisation vs 4 ms AlexNet on a TitanX); 'far above' = more than "
                       f"{e4['far_above_factor']:g}x the landmark fit's error", stage=NAME)
@@ -185,11 +188,12 @@ def run(cfg: dict) -> dict:
     metrics = headline(table)
     _stage.write_json(out["metrics"], metrics)
     log.info("Gauss-Newton with landmarks %.0f ms/image vs the fastest encoder %.2f ms/image: %.0fx; synthetic "
-             "geometric error %.2f mm (Gauss-Newton) vs %.2f mm (E1 encoder)", metrics["gauss_newton_ms_per_image"],
+             "geometric error %.2f mm (Gauss-Newton) vs %.2f mm (best E1 encoder)", metrics["gauss_newton_ms_per_image"],
              metrics["fastest_encoder_ms_per_image"], metrics["speedup"],
              metrics["gauss_newton_synthetic_geometric_error"], metrics["e1_encoder_synthetic_geometric_error"])
     log.info("oracle (fit to the ground-truth landmarks): landmark error %.2f px synthetic, %.2f px real, NME %.4f",
-             metrics["oracle_synthetic_landmark_error"], metrics["oracle_real_landmark_error"], metrics["oracle_real_nme"])
+             metrics["oracle_synthetic_landmark_error"], metrics["oracle_real_landmark_error"],
+             metrics["oracle_real_nme"])
     return metrics
 
 
@@ -237,13 +241,15 @@ def headline(table: pd.DataFrame) -> dict:
     encoders = table[table.method.str.startswith("E")]
     fastest = encoders.groupby("method")["ms_per_image"].mean().min()
     gn_ms = table[table.method == GN_LAND]["ms_per_image"].mean()
-    e1 = [m for m in syn.index if m.startswith("E1")][0]
+    e1 = [m for m in syn.index if m.startswith("E1")]
+    best_e1 = min(e1, key=lambda m: syn.loc[m, "geometric_error_mean"])
     out = {"gauss_newton_ms_per_image": float(gn_ms), "fastest_encoder_ms_per_image": float(fastest),
            "speedup": float(gn_ms / fastest),
            "gauss_newton_synthetic_geometric_error": float(syn.loc[GN_LAND, "geometric_error_mean"]),
            "gauss_newton_no_landmarks_synthetic_geometric_error": float(syn.loc[GN_NOLAND, "geometric_error_mean"]),
            "mean_face_synthetic_geometric_error": float(syn.loc[MEAN_FACE, "geometric_error_mean"]),
-           "e1_encoder_synthetic_geometric_error": float(syn.loc[e1, "geometric_error_mean"])}
+           "e1_encoder_synthetic_geometric_error": float(syn.loc[best_e1, "geometric_error_mean"]),
+           "e1_best_encoder": best_e1}
     for dataset in ("synthetic", "real"):
         row = table[(table.dataset == dataset) & (table.method == GN_NOLAND)].iloc[0]
         out[f"{dataset}_no_landmark_fraction_worse_than_start"] = float(row["fraction_worse_than_start"])

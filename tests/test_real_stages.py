@@ -255,7 +255,8 @@ def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch, 
 
     monkeypatch.chdir(REPO_ROOT)
     cfg = load_config("ci", {"results_dir": str(tmp_path / "results"), "synthetic.n_train": 4, "synthetic.n_test": 1,
-                             "real_data.max_images": 14, "e3.encoders": ["alexnet"], "e3.evaluations": 1,
+                             "real_data.max_images": 14, "e1.encoders": ["alexnet"], "e3.encoders": ["alexnet"],
+                             "e3.evaluations": 1,
                              "e3.alexnet.iterations": 2, "e8.max_photos": 2, "training.eval_images": 2,
                              "e4.steps": 2, "e4.real_images": 1})
     synthetic.run(cfg)

@@ -94,3 +94,27 @@ def test_unwritable_output_and_missing_checkpoint(checkpoint, face_photo, tmp_pa
     assert main(["reconstruct", str(face_photo), "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "checkpoint not found" in err[0]
+
+
+def test_default_checkpoint_is_the_best_e3_variant_on_the_eval_split(tmp_path):
+    import pandas as pd
+
+    from mofa.errors import MofaError
+    from mofa.reconstruct import E3_TABLE, default_checkpoint
+    from pipelines.tables import write_csv
+
+    with pytest.raises(MofaError, match="e3_variants.csv: not found"):
+        default_checkpoint(tmp_path)
+    rows = [("AlexNet with landmarks", "alexnet", "yes", 18.7), ("dlib ResNet with landmarks", "dlib_resnet", "yes", 9.5),
+            ("dlib ResNet without landmarks", "dlib_resnet", "no", 30.1)]
+    table = pd.DataFrame(rows, columns=["variant", "encoder", "landmark_loss", "nme_mean_pct"])
+    (tmp_path / "tables").mkdir()
+    (tmp_path / E3_TABLE).write_text("# E3; provenance\n" + table.to_csv(index=False))
+    with pytest.raises(MofaError, match="e3_dlib_resnet_land/encoder.pt: the best E3 variant's weights"):
+        default_checkpoint(tmp_path)
+    for run in ("e3_alexnet_land", "e3_dlib_resnet_land", "e3_dlib_resnet_noland"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "encoder.pt").write_bytes(b"")
+    assert default_checkpoint(tmp_path) == tmp_path / "runs" / "e3_dlib_resnet_land" / "encoder.pt"
+    write_csv(table.assign(nme_mean_pct=[5.0, 9.5, 30.1]), tmp_path / E3_TABLE)  # also without a title line
+    assert default_checkpoint(tmp_path) == tmp_path / "runs" / "e3_alexnet_land" / "encoder.pt"
