@@ -105,10 +105,11 @@ def photometric_loss(images: torch.Tensor, decoded, face_mask: torch.Tensor,
 
     normalise:
     - "fixed" (default): divide by the number of face-region vertices, the same for every image and
-      pose, so an invisible vertex is not free. Averaging over the visible vertices instead rewards
-      turning the face away from the camera (fewer, easier vertices); DESIGN.md section 8 measured that
-      collapse (pitch error 118 degrees after 1,500 iterations).
-    - "visible": divide by |V|, the paper's 1/|V| read literally (0 where nothing is visible).
+      pose: the paper's Eq. 8, (1/N) sum over i in V with N the model's vertex count (here the face
+      region's) and V the front-facing vertices.
+    - "visible": divide by |V| instead (0 where nothing is visible), not the paper's. Averaging over
+      the visible vertices rewards turning the face away from the camera (fewer, easier vertices);
+      DESIGN.md section 8 measured that collapse (pitch error 118 degrees after 1,500 iterations).
 
     invisible_cost: 0 (the paper) or c > 0: each face-region vertex also costs c times its
     `invisibility` (c for one turned away or outside the image, as if its colour were c off), so the

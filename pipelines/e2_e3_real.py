@@ -184,7 +184,8 @@ def run(cfg: dict) -> dict:
     write_table(variants_table, out["table"], out["table_md"], cfg,
                 title=f"E3 (Figs. 8, 11): final errors on the AFLW2000 eval split ({n_eval} images; landmark error "
                       f"over 46 points in {cfg['camera']['image_size']} px crops against the ground truth) and the AFLW2000-3D NME "
-                      f"(68 points, %) of each variant on all {len(eval_real)} kept eval images", stage=NAME)
+                      f"(68 points, %, against the original pt3d_68 annotation; |yaw| bins 0-30, 30-60 and > 60 as 3DDFA's "
+                      f"benchmark) of each variant on all {len(eval_real)} kept eval images", stage=NAME)
     plot_variant_bars(variants_table, [("landmark_error", "paper_landmark_error", "landmark error (px)"),
                                        ("photometric_error", "paper_photometric_error", "photometric error"),
                                        ("nme_all_pct", None, "AFLW2000-3D NME, all eval images (%)")],

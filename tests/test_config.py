@@ -8,7 +8,7 @@ import pytest
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from mofa.config import (CONFIG_DIR, SCHEMA_PATH, camera_from_config, config_hash, load_config, load_schema,
+from mofa.config import (CONFIG_DIR, REPO_ROOT, SCHEMA_PATH, camera_from_config, config_hash, load_config, load_schema,
                          presets, results_dir, select_device, validate_config)
 from mofa.errors import MofaError
 
@@ -238,3 +238,17 @@ def test_snakemake_validate_rejects_what_load_config_rejects(bad):
         _snakemake_validated(data)
     with pytest.raises(MofaError):
         validate_config(copy.deepcopy(data), "ci.yaml")
+
+
+def test_environment_yml_pins_what_pyproject_pins():
+    """The conda route installs the same packages at the same pins as `make setup` (pyproject.toml's
+    dependencies and its pipeline and test extras)."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["pipeline"],
+              *project["optional-dependencies"]["test"]]
+    environment = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
+    pip = next(entry["pip"] for entry in environment["dependencies"] if isinstance(entry, dict))
+    assert [p for p in pip if p != "-e ."] == [w.replace(" ", "") for w in wanted]
+    assert "-e ." in pip

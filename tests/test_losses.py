@@ -11,8 +11,8 @@ import torch
 from mofa.decoder import Decoder, PinholeCamera
 from mofa.errors import MofaError
 from mofa.landmarks import LANDMARKS_46
-from mofa.losses import (LossWeights, inside_image, landmark_loss, mofa_loss, photometric_loss,
-                         regulariser, sample_image, visible_vertices)
+from mofa.losses import (INVISIBLE_RAMP, LossWeights, facing, inside_image, invisibility, landmark_loss, mofa_loss,
+                         photometric_loss, regulariser, sample_image, visible_vertices)
 
 # Zero light code: band 0 only, irradiance 0.7 * pi * Y00 on every normal.
 AMBIENT_IRRADIANCE = 0.7 * math.pi * 0.5 / math.sqrt(math.pi)
@@ -134,6 +134,44 @@ def test_photometric_gradient_is_finite_at_a_perfect_match(flat_decoder):
     images = constant_image([0.5 * AMBIENT_IRRADIANCE] * 3)
     photometric_loss(images, flat_decoder(code), flat_decoder.face_mask).sum().backward()
     assert torch.isfinite(code.grad).all()
+
+
+def test_invisible_cost_charges_each_hidden_face_vertex(flat_decoder):
+    """A perfect colour match costs nothing but c per face vertex turned away or out of the image
+    (the ramp aside); the paper's term (c = 0) charges those nothing."""
+    code = torch.zeros(2, flat_decoder.code_size, dtype=torch.float64)
+    code[1, flat_decoder.layout.slices["rotation"]] = torch.tensor([0.0, 0.6, 0.0], dtype=torch.float64)
+    code[1, flat_decoder.layout.slices["translation"]] = torch.tensor([6.0, 0.0, 0.0], dtype=torch.float64)
+    decoded = flat_decoder(code)
+    images = constant_image([0.5 * AMBIENT_IRRADIANCE] * 3, batch=2)
+    mask = flat_decoder.face_mask
+    hidden = invisibility(decoded, mask, 240, 240)
+    cos, inside = facing(decoded), inside_image(decoded.screen, 240, 240)
+    assert torch.equal(hidden[~inside & mask[None]], torch.ones_like(hidden[~inside & mask[None]]))
+    assert torch.all(hidden[(cos < 0) & mask[None]] == 1) and torch.all(hidden[(cos > INVISIBLE_RAMP) & inside] == 0)
+    assert torch.all(hidden[:, ~mask] == 0)
+    # the hard visible set is the front-facing half of the ramp's support and beyond
+    assert torch.equal(decoded.visible, cos > 0)
+    for normalise, count in (("fixed", mask.sum()), ("visible", visible_vertices(decoded, mask, 240, 240).sum(-1))):
+        paper = photometric_loss(images, decoded, mask, normalise)
+        charged = photometric_loss(images, decoded, mask, normalise, invisible_cost=0.3)
+        torch.testing.assert_close(paper, torch.zeros_like(paper), atol=1e-12, rtol=0)
+        torch.testing.assert_close(charged, 0.3 * hidden.sum(-1) / count)
+    # every face vertex outside the loss's visible set V costs the full c; the ramp adds a little more
+    outside_v = (~visible_vertices(decoded, mask, 240, 240) & mask[None]).sum(-1)
+    assert torch.all(hidden.sum(-1) >= outside_v) and torch.all(outside_v > 0)
+    with pytest.raises(MofaError, match="invisible_cost"):
+        LossWeights(invisible_cost=-1.0)
+
+
+def test_invisibility_gradcheck_through_the_decoder(decoder64):
+    code = random_code(decoder64, 2).requires_grad_(True)
+
+    def cost(c):
+        return invisibility(decoder64(c), decoder64.face_mask, 240, 240).sum(-1)
+
+    assert cost(code).sum() > 0  # some vertices on the ramp: the check is not of a constant
+    assert torch.autograd.gradcheck(cost, (code,), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
 # -- landmarks ------------------------------------------------------------------------------------------

@@ -126,13 +126,28 @@ def test_nme_by_hand():
 
 def test_yaw_bins_and_nme_table():
     yaw = np.array([-10.0, 45.0, -75.0, 30.0, 60.0, 95.0, np.nan, 0.0])
-    assert yaw_bins(yaw).tolist() == [0, 1, 2, 0, 1, -1, -1, 0]
-    nme = np.array([0.02, 0.04, 0.08, 0.04, 0.06, 1.0, 1.0, np.nan])
+    assert yaw_bins(yaw).tolist() == [0, 1, 2, 0, 1, 2, -1, 0]  # 3DDFA's third bin: |yaw| > 60, no cap
+    nme = np.array([0.02, 0.04, 0.08, 0.04, 0.06, 0.10, 1.0, np.nan])
     row = nme_table(nme, yaw)
     assert row["0-30"] == pytest.approx(0.03) and row["30-60"] == pytest.approx(0.05)
-    assert row["60-90"] == pytest.approx(0.08) and row["mean"] == pytest.approx((0.03 + 0.05 + 0.08) / 3)
-    assert (row["n_0-30"], row["n_30-60"], row["n_60-90"]) == (2, 2, 1)
+    assert row["60-90"] == pytest.approx(0.09) and row["mean"] == pytest.approx((0.03 + 0.05 + 0.09) / 3)
+    assert (row["n_0-30"], row["n_30-60"], row["n_60-90"]) == (2, 2, 2)
     assert math.isnan(nme_table(nme[:2], yaw[:2])["mean"])  # empty 60-90 bin
+
+
+def test_every_embedded_aflw2000_image_falls_in_a_yaw_bin(aflw_dir):
+    """The six embedded images with |yaw| > 90 (-103, -95.5, 118.9, -117.6, -351.2, 187.8) go into the
+    third bin, as 3DDFA's benchmark puts them, so the bins' counts sum to the images scored."""
+    from mofa.realdata.adapters import iter_aflw2000
+
+    samples = list(iter_aflw2000(aflw_dir))
+    yaw = np.array([s.yaw_deg for s in samples], dtype=float)
+    beyond = np.sort(yaw[np.abs(yaw) > 90])
+    np.testing.assert_allclose(beyond, [-351.2, -117.6, -103.0, -95.5, 118.9, 187.8], atol=0.1)
+    bins = yaw_bins(yaw)
+    assert (bins[np.abs(yaw) > 90] == 2).all() and (bins >= 0).all()
+    row = nme_table(np.full(len(yaw), 0.05), yaw)
+    assert row["n_0-30"] + row["n_30-60"] + row["n_60-90"] == len(yaw) == 1000
 
 
 def test_summarise_ignores_nan():

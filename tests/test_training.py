@@ -80,7 +80,7 @@ def test_interrupted_training_resumes_to_the_same_metrics(setup, tmp_path):
     evaluate = synthetic_evaluator(decoder, test_set, 4, 64)
     whole = train(tmp_path / "whole", fresh_encoder(decoder), decoder, train_set, SETTINGS, LossWeights(), evaluate)
 
-    with pytest.raises(Killed):  # dies during iteration 8, after the checkpoint of iteration 6
+    with pytest.raises(Killed):  # dies during iteration 7 (calibration reads one batch first), after the checkpoint of 6
         train(tmp_path / "cut", fresh_encoder(decoder), decoder, DiesAt(train_set, 7), SETTINGS, LossWeights(), evaluate)
     assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["iteration"] == 6
     resumed = train(tmp_path / "cut", fresh_encoder(decoder), decoder, train_set, SETTINGS, LossWeights(), evaluate)
@@ -93,6 +93,40 @@ def test_interrupted_training_resumes_to_the_same_metrics(setup, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     on_disk = pd.read_csv(tmp_path / "cut" / METRICS)
     assert list(on_disk.iteration) == [0, 4, 8]
+
+
+def test_adam_with_a_slower_backbone_calibrates_once_and_resumes_exactly(setup, tmp_path):
+    """The pretrained encoder's recipe: Adam, the backbone at a tenth of the head's rate, standardised
+    features calibrated on the first training images before the first step; a resumed run repeats an
+    uninterrupted one exactly (the calibration travels in the checkpoint)."""
+    from mofa.training.trainer import make_optimiser
+    _, decoder, train_set, test_set = setup
+    settings = dataclasses.replace(SETTINGS, optimiser="adam", lr=1e-4, lr_z=1e-4, backbone_lr_scale=0.1,
+                                   input_size=112, iterations=6, eval_at=(3,))
+
+    def encoder():
+        return build_encoder("dlib_resnet", decoder.layout, options={"standardise": True})
+
+    optimiser = make_optimiser(encoder(), settings)
+    assert isinstance(optimiser, torch.optim.Adam)
+    assert [(g["name"], g["lr"]) for g in optimiser.param_groups] == [
+        ("backbone", pytest.approx(1e-5)), ("head", 1e-4), ("z_translation", 1e-4)]
+    evaluate = synthetic_evaluator(decoder, test_set, 4, 112)
+    whole_encoder = encoder()
+    whole = train(tmp_path / "whole", whole_encoder, decoder, train_set, settings, LossWeights(), evaluate)
+    assert bool(whole_encoder.calibrated) and whole_encoder.feature_mean.abs().sum() > 0
+    assert whole["train_visible_share"].dropna().between(0, 1).all()
+    with pytest.raises(Killed):
+        train(tmp_path / "cut", encoder(), decoder, DiesAt(train_set, 5), settings, LossWeights(), evaluate)
+    resumed = train(tmp_path / "cut", encoder(), decoder, train_set, settings, LossWeights(), evaluate)
+    metric_columns = [c for c in whole.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(whole[metric_columns], resumed[metric_columns])
+    a = torch.load(tmp_path / "whole" / FINAL, weights_only=True)
+    b = torch.load(tmp_path / "cut" / FINAL, weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], v) for k, v in encoder().state_dict().items() if k.startswith("trunk"))
+    with pytest.raises(MofaError, match="optimiser 'sgd'"):
+        make_optimiser(encoder(), dataclasses.replace(settings, optimiser="sgd"))
 
 
 def test_resume_with_other_settings_is_refused(setup, tmp_path):
