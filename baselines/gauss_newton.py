@@ -456,6 +456,9 @@ def fit(decoder, images: torch.Tensor, landmarks: torch.Tensor | None = None,
     """
     start = time.perf_counter()
     weights = LossWeights() if weights is None else weights
+    if weights.invisible_cost:
+        raise ValueError(f"the Gauss-Newton baseline fits the paper's energy, which has no invisible cost; got "
+                         f"invisible_cost {weights.invisible_cost}: pass dataclasses.replace(weights, invisible_cost=0)")
     if decoder.mean_shape.dtype != dtype:
         decoder = copy.deepcopy(decoder).to(dtype)
     images = images.to(dtype)

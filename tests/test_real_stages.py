@@ -300,7 +300,7 @@ def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch, 
     outputs = e4_baselines.outputs(cfg)
     assert all(path.is_file() for path in outputs.values()), [p for p in outputs.values() if not p.is_file()]
     table = pd.read_csv(outputs["table"], comment="#").set_index(["dataset", "method"])
-    methods = [e4_baselines.MEAN_FACE, e4_baselines.GN_LAND, e4_baselines.GN_NOLAND,
+    methods = [e4_baselines.MEAN_FACE, e4_baselines.GN_LAND, e4_baselines.GN_NOLAND, e4_baselines.ORACLE,
                "E1 AlexNet (synthetic, no landmarks)", "E3 AlexNet without landmarks", "E3 AlexNet with landmarks"]
     assert [m for d, m in table.index if d == "synthetic"] == methods
     assert [m for d, m in table.index if d == "real"] == methods

@@ -76,7 +76,7 @@ def test_main_table_has_one_row_per_method_beside_the_papers(results):
     cfg, _ = results
     main = main_table(report.results_dir(cfg) / "tables")
     assert main["experiment"].tolist() == ["E1", "E3", "E3", "E4", "E4"]
-    assert main["method"].tolist()[:3] == ["MoFA alexnet without landmarks", "MoFA AlexNet without landmarks",
+    assert main["method"].tolist()[:3] == ["MoFA AlexNet without landmarks", "MoFA AlexNet without landmarks",
                                            "MoFA AlexNet with landmarks"]
     e1 = main.iloc[0]
     assert (e1.geometric_error_mm, e1.paper_geometric_error_mm, e1.landmark_error_px, e1.paper_landmark_error_px) == \
