@@ -87,6 +87,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         result.table_frame().to_csv(args.out, index=False, float_format="%.6g")
         print(f"wrote {args.out}")
+    if args.landmarks_out:
+        write_landmarks_csv(result.per_image, args.landmarks_out)
+        print(f"wrote {args.landmarks_out} ({len(result.per_image)} images)")
+
+
+def write_landmarks_csv(per_image, path: Path) -> None:
+    """Each scored image's predicted 68 points in original-image px as CSV (name, x0..x67, y0..y67),
+    written atomically: to score them against another annotation (e.g. 3DDFA's re-annotated landmarks)."""
+    import os
+
+    import pandas as pd
+
+    points = per_image.attrs["pred_image_px"]  # (B, 68, 2)
+    columns = {"name": [str(i).rsplit("/", 1)[-1] for i in per_image["id"]]}
+    columns |= {f"x{k}": points[:, k, 0] for k in range(points.shape[1])}
+    columns |= {f"y{k}": points[:, k, 1] for k in range(points.shape[1])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame(columns).to_csv(tmp, index=False, float_format="%.3f")
+    os.replace(tmp, path)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -133,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aflw2000: 68-landmark NME per |yaw| bin on a folder in the AFLW2000-3D layout")
     p.add_argument("--root", type=Path, required=True, help="folder of imageNNNNN.jpg + imageNNNNN.mat")
     p.add_argument("--checkpoint", type=Path, required=True, help="encoder.pt or checkpoint.pt of a training run")
-    p.add_argument("--encoder", choices=["alexnet", "vgg_face"],
+    p.add_argument("--encoder", choices=["alexnet", "vgg_face", "dlib_resnet"],
                    help="the checkpoint's encoder (default: its encoder.json's, else alexnet)")
     p.add_argument("--config", help="preset name or YAML file the encoder was trained with (face model, camera, "
                    "preparation; default: what the encoder.json beside the checkpoint says, else the default preset)")
@@ -141,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt-box-fallback", action=argparse.BooleanOptionalAction, default=None,
                    help="crop around the ground-truth landmarks where the face detector misses "
                         "(default: the config's real_data.gt_box_fallback)")
+    p.add_argument("--landmarks-out", type=Path, help="also write each image's predicted 68 points in original-image "
+                   "px (CSV: name, x0..x67, y0..y67), to score against another annotation")
     p.add_argument("--limit", type=int, help="the first N images only")
     p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
     p.add_argument("--out", type=Path, help="also write the table as CSV here")

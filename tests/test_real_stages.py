@@ -212,10 +212,23 @@ def test_mofa_evaluate_aflw2000_on_three_real_images(tmp_path, capsys, monkeypat
     checkpoint.parent.mkdir()
     torch.save(encoder.state_dict(), checkpoint)
     out = tmp_path / "nme.csv"
+    landmarks = tmp_path / "points" / "landmarks.csv"
     status = cli.main(["evaluate", "aflw2000", "--root", str(root), "--checkpoint", str(checkpoint),
-                       "--config", "ci", "--out", str(out)])
+                       "--config", "ci", "--out", str(out), "--landmarks-out", str(landmarks)])
     printed = capsys.readouterr().out
     assert status == 0, printed
+    points = pd.read_csv(landmarks)
+    assert points.columns.tolist() == ["name", *[f"x{k}" for k in range(68)], *[f"y{k}" for k in range(68)]]
+    assert sorted(points["name"]) == sorted(AFLW_IMAGES)
+    # the exported points, scored against the files' own pt3d_68, give the printed table's NME
+    from scipy.io import loadmat
+
+    from mofa.metrics import nme_aflw2000
+    gt = np.stack([loadmat(root / f"{n}.mat")["pt3d_68"][:2].T for n in points["name"]])
+    pred = np.stack([points[[f"x{k}" for k in range(68)]].to_numpy(), points[[f"y{k}" for k in range(68)]].to_numpy()], -1)
+    bins = pd.read_csv(out).set_index("bin").drop("mean")
+    pooled = float((bins["nme"] * bins["images"]).sum() / bins["images"].sum())
+    assert float(np.mean(nme_aflw2000(pred, gt))) == pytest.approx(pooled, rel=1e-3)
     assert "AFLW2000-3D NME" in printed and "3 read, 3 kept" in printed and "0 dropped" in printed
     table = pd.read_csv(out)
     assert table["bin"].tolist() == ["0-30", "30-60", "60-90", "mean"]

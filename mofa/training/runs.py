@@ -131,8 +131,10 @@ def load_encoder(cfg: Mapping, name: str, decoder: Decoder, path: str | Path) ->
         settings = json.loads((path.parent / ENCODER_CARD).read_text())
     bound = cfg["training"]["rotation_bound_deg"]
     options = cfg["encoders"].get(name, {})
+    card = json.loads((path.parent / ENCODER_CARD).read_text()) if (path.parent / ENCODER_CARD).is_file() else {}
     encoder = build_encoder(name, decoder.layout, rotation_bound_rad=None if bound is None else math.radians(bound),
-                            seed=cfg["seed"], module=options.get("module"), options=options.get("options"))
+                            seed=cfg["seed"], module=options.get("module"),
+                            options=card.get("options", options.get("options")))  # the architecture it was trained with
     try:
         encoder.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
