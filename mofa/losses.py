@@ -113,7 +113,8 @@ def photometric_loss(images: torch.Tensor, decoded, face_mask: torch.Tensor,
 
     invisible_cost: 0 (the paper) or c > 0: each face-region vertex also costs c times its
     `invisibility` (c for one turned away or outside the image, as if its colour were c off), so the
-    loss cannot be lowered by turning or sliding the face away from hard pixels.
+    loss cannot be lowered by turning or sliding the face away from hard pixels; it is also a prior
+    towards frontal poses (docs/cpu-findings.md measured 0.3 stopping E1 from learning yaw).
     """
     height, width = images.shape[-2:]
     face_mask = face_mask.to(device=decoded.screen.device, dtype=torch.bool)
