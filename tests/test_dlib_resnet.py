@@ -219,3 +219,14 @@ def test_standardised_features_are_calibrated_once_and_keep_the_zero_code():
     assert bool(fresh.calibrated) and torch.equal(fresh.feature_mean, encoder.feature_mean)
     with pytest.raises(MofaError, match="encoders.dlib_resnet.options"):
         build_encoder("dlib_resnet", LAYOUT, options={"no_such_option": 1})
+
+
+def test_centre_crop_keeps_the_middle_of_the_input():
+    encoder = build_encoder("dlib_resnet", LAYOUT, options={"centre_crop": 0.8})
+    images = torch.rand(2, 3, 150, 150, generator=torch.Generator().manual_seed(2))
+    plain = build_encoder("dlib_resnet", LAYOUT)
+    torch.testing.assert_close(encoder.normalise(images), plain.normalise(images[..., 15:135, 15:135]))
+    with torch.no_grad():
+        assert torch.equal(encoder(images), torch.zeros(2, LAYOUT.size))
+    with pytest.raises(MofaError, match="centre_crop"):
+        build_encoder("dlib_resnet", LAYOUT, options={"centre_crop": 1.5})

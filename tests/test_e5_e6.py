@@ -68,8 +68,9 @@ def test_e5_and_e6_stages_at_the_ci_preset(tmp_path, monkeypatch):
     assert all(path.is_file() for path in out.values()), [p for p in out.values() if not p.is_file()]
     assert json.loads(out["metrics"].read_text()) == metrics
     table = pd.read_csv(out["table"], comment="#")
-    assert table["method"].tolist() == [e5_conv_autoencoder.CONV_AE, e5_conv_autoencoder.model_based_name("alexnet")]
-    assert table["images"].tolist() == [3, 3] and (table["image_px"] == cfg["e5"]["image_size"]).all()
+    assert table["method"].tolist() == [e5_conv_autoencoder.CONV_AE, *map(e5_conv_autoencoder.model_based_name,
+                                                                          cfg["e1"]["encoders"])]
+    assert (table["images"] == 3).all() and (table["image_px"] == cfg["e5"]["image_size"]).all()
     assert np.isfinite(table[["photometric_error", "ssim"]].to_numpy()).all()
     assert (table["photometric_error"] > 0).all() and 0 < metrics["region_share_of_face"] <= 1
     assert metrics["conv_autoencoder_photometric_error"] == pytest.approx(table["photometric_error"][0], rel=1e-3)

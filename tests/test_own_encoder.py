@@ -71,7 +71,7 @@ def test_config_takes_an_own_encoder_with_its_module_and_fills_its_defaults():
     ({"e1.evaluatons": 3}, "unknown key 'e1.evaluatons' (e1 takes encoders, evaluations"),
     ({"e3.encoders": ["alexnet", "resnet"]}, "e3.encoders: unknown encoder 'resnet'"),
     ({"e7.encoders": ["resnet"]}, "e7.encoders: unknown encoder 'resnet'"),
-    ({"e3.evaluatons": 3}, "unknown key 'e3.evaluatons' (e3 takes alexnet, encoders, evaluations"),
+    ({"e3.evaluatons": 3}, "unknown key 'e3.evaluatons' (e3 takes alexnet, dlib_resnet, encoders, evaluations"),
     ({**OWN, f"e3.{NAME}.iterations": 3}, f"unknown key 'e3.{NAME}'"),  # a schedule for an encoder E3 does not train
     ({f"encoders.{NAME}.module": MODULE, f"encoders.{NAME}.dropout": 1.5}, f"encoders.{NAME}.dropout: 1.5 is greater"),
 ])

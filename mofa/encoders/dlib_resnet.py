@@ -233,13 +233,16 @@ class DlibResNetEncoder(Encoder):
     loads_own_weights = True  # build_encoder passes weights_path to the constructor (a .dat, not a state dict)
 
     def __init__(self, layout: CodeLayout, rotation_bound_rad: float | None = None, stage: int = LEVELS,
-                 weights_path: str | Path | None = None, pool_grid: int = 2, standardise: bool = False):
+                 weights_path: str | Path | None = None, pool_grid: int = 2, standardise: bool = False,
+                 centre_crop: float = 1.0):
         super().__init__(layout)
         if not 1 <= stage <= LEVELS:
             raise MofaError(f"dlib_resnet stage must be 1..{LEVELS} (residual levels kept), got {stage}")
         path = face_resnet_path() if weights_path is None else Path(weights_path)
         network = load_dlib_face_resnet(path)
-        self.stage, self.pool_grid = stage, pool_grid
+        if not 0 < centre_crop <= 1:
+            raise MofaError(f"dlib_resnet centre_crop must be in (0, 1] (the share of the input's side kept), got {centre_crop}")
+        self.stage, self.pool_grid, self.centre_crop = stage, pool_grid, float(centre_crop)
         self.trunk = nn.Sequential(network.stem, *network.levels[:stage])
         self.min_input_size = next(s for s in range(1, 1024) if spatial_sizes(network, s, stage)[-1] > 0)
         self.pool = nn.AdaptiveAvgPool2d(pool_grid)
@@ -257,6 +260,16 @@ class DlibResNetEncoder(Encoder):
         self.init_description = WEIGHTS_DESCRIPTION if weights_path is None else f"dlib ResNet weights from {path.name}"
         self.init_description += (f"; trunk to residual level {stage} of {LEVELS}, pooled to {pool_grid}x"
                                   f"{pool_grid}{', standardised' if standardise else ''}, zero-initialised code regressor")
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S) in [0, 1] -> the centre `centre_crop` of each side (dlib's face chips frame
+        the face tighter than this project's crops), in dlib's normalisation."""
+        if self.centre_crop < 1:
+            side = images.shape[-1]
+            keep = max(1, round(self.centre_crop * side))
+            start = (side - keep) // 2
+            images = images[..., start:start + keep, start:start + keep]
+        return super().normalise(images)
 
     def trunk_features(self, normalised: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, 3, H, W) -> pooled, flattened trunk features (B, F)."""
