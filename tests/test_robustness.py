@@ -256,9 +256,10 @@ def test_training_killed_with_sigkill_resumes_to_the_same_results(e1_once, cache
     assert result.returncode == 0, result.stderr
     assert f"resumed {run} at iteration {killed_at}" in result.stderr, result.stderr[-3000:]  # not started over
     assert e1_files(cfg) == e1_files(e1_once)
-    first, resumed = (torch.load(e1_synthetic.run_dir(c) / FINAL, weights_only=True) for c in (e1_once, cfg))
+    name = cfg["e1"]["encoders"][0]
+    first, resumed = (torch.load(e1_synthetic.run_dir(c, name) / FINAL, weights_only=True) for c in (e1_once, cfg))
     assert all(torch.equal(first[k], resumed[k]) for k in first)
-    curves = [np.genfromtxt(e1_synthetic.run_dir(c) / METRICS, delimiter=",", names=True) for c in (e1_once, cfg)]
+    curves = [np.genfromtxt(e1_synthetic.run_dir(c, name) / METRICS, delimiter=",", names=True) for c in (e1_once, cfg)]
     assert [n for n in curves[0].dtype.names if n != "seconds"] == [n for n in curves[1].dtype.names if n != "seconds"]
     for name in curves[0].dtype.names:
         if name != "seconds":
