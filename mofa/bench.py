@@ -161,16 +161,10 @@ def _median_seconds(fn, repeats: int, warmup: int, device: torch.device) -> floa
     return statistics.median(times)
 
 
-def _build(name: str, layout, seed: int, options: Mapping[str, Mapping] | None):
-    """The encoder as the config builds it (its module and constructor options)."""
+def _build(name: str, layout, seed: int, own: Mapping):
+    """The encoder as the config builds it, from its `encoders.<name>` section `own` (module, options)."""
     from mofa.encoders import build_encoder
-    own = (options or {}).get(name, {})
     return build_encoder(name, layout, seed=seed, module=own.get("module"), options=own.get("options"))
-
-
-def _input_size(options: Mapping[str, Mapping] | None, name: str, default: int) -> int:
-    """encoders.<name>.input_size where the config sets it, else `default`."""
-    return (options or {}).get(name, {}).get("input_size") or default
 
 
 def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), batch_sizes=(1, 32),
@@ -189,10 +183,10 @@ def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), 
     size = camera.image_size
     rows = []
     for name in encoders:
-        encoder = _build(name, decoder.layout, seed, options).to(device).train()
         own = (options or {}).get(name, {})
+        encoder = _build(name, decoder.layout, seed, own).to(device).train()
         optimiser = make_optimiser(encoder, TrainSettings(iterations=1, optimiser=own.get("optimiser") or "adadelta"))
-        px = _input_size(options, name, input_size)
+        px = own.get("input_size") or input_size
         for batch in batch_sizes:
             images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
 
@@ -226,8 +220,9 @@ def bench_infer(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), 
     decoder = Decoder(model.submesh(model.face_region), camera).to(device)
     rows = []
     for name in encoders:
-        encoder = _build(name, decoder.layout, seed, options).to(device).eval()
-        px = _input_size(options, name, input_size)
+        own = (options or {}).get(name, {})
+        encoder = _build(name, decoder.layout, seed, own).to(device).eval()
+        px = own.get("input_size") or input_size
         for batch in batch_sizes:
             images = torch.rand(batch, 3, camera.image_size, camera.image_size,
                                 generator=torch.Generator().manual_seed(seed)).to(device)

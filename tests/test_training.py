@@ -80,7 +80,7 @@ def test_interrupted_training_resumes_to_the_same_metrics(setup, tmp_path):
     evaluate = synthetic_evaluator(decoder, test_set, 4, 64)
     whole = train(tmp_path / "whole", fresh_encoder(decoder), decoder, train_set, SETTINGS, LossWeights(), evaluate)
 
-    with pytest.raises(Killed):  # dies during iteration 7 (calibration reads one batch first), after the checkpoint of 6
+    with pytest.raises(Killed):  # dies during iteration 8, after the checkpoint of iteration 6
         train(tmp_path / "cut", fresh_encoder(decoder), decoder, DiesAt(train_set, 7), SETTINGS, LossWeights(), evaluate)
     assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["iteration"] == 6
     resumed = train(tmp_path / "cut", fresh_encoder(decoder), decoder, train_set, SETTINGS, LossWeights(), evaluate)

@@ -278,12 +278,16 @@ class DlibResNetEncoder(Encoder):
     def embed(self, normalised: torch.Tensor) -> torch.Tensor:
         return (self.trunk_features(normalised) - self.feature_mean) / self.feature_std
 
+    @property
+    def needs_calibration(self) -> bool:
+        return not bool(self.calibrated)
+
     @torch.no_grad()
     def calibrate(self, images: torch.Tensor) -> None:
         """Once, before training: the standardisation's mean and deviation (B >= 2 images (B, 3, H, W) in
         [0, 1], at the training input size) from the pre-trained trunk. The head is zero, so the code
         does not change."""
-        if bool(self.calibrated):
+        if not self.needs_calibration:
             return
         was_training = self.training
         self.eval()

@@ -109,10 +109,15 @@ class Encoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.code_head(self.embed(self.normalise(images)))
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether `calibrate` still has data-dependent buffers to set (False by default)."""
+        return False
+
     def calibrate(self, images: torch.Tensor) -> None:
-        """Called by the trainer once before a run's first step with its first training images (B, 3,
-        H, W) in [0, 1] at the input size: an encoder with data-dependent buffers sets them here
-        (state it keeps in its state dict). Nothing by default."""
+        """Called by the trainer once, before a run's first step, while `needs_calibration`: with its
+        first training images (B, 3, H, W) in [0, 1] at the input size, an encoder with data-dependent
+        buffers sets them here (state it keeps in its state dict)."""
 
     def parameter_groups(self, lr: float, lr_z: float, backbone_lr_scale: float = 1.0) -> list[dict]:
         """Optimiser parameter groups: the code head at `lr`, its z-translation output's own weights and

@@ -124,14 +124,12 @@ def load_encoder(cfg: Mapping, name: str, decoder: Decoder, path: str | Path) ->
     if not path.is_file():
         raise MofaError(f"{path}: no such checkpoint file")
     state = load_checkpoint(path)
-    settings = None
+    card = json.loads((path.parent / ENCODER_CARD).read_text()) if (path.parent / ENCODER_CARD).is_file() else {}
+    settings = card or None
     if isinstance(state, dict) and "encoder" in state and "settings" in state:
         state, settings = state["encoder"], state["settings"]
-    elif (path.parent / ENCODER_CARD).is_file():
-        settings = json.loads((path.parent / ENCODER_CARD).read_text())
     bound = cfg["training"]["rotation_bound_deg"]
     options = cfg["encoders"].get(name, {})
-    card = json.loads((path.parent / ENCODER_CARD).read_text()) if (path.parent / ENCODER_CARD).is_file() else {}
     encoder = build_encoder(name, decoder.layout, rotation_bound_rad=None if bound is None else math.radians(bound),
                             seed=cfg["seed"], module=options.get("module"),
                             options=card.get("options", options.get("options")))  # the architecture it was trained with

@@ -224,7 +224,7 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
         held = decoder.layout.mask(*settings.schedule.hold, device=device)
     except ValueError as exc:
         raise MofaError(f"training setting hold: {exc}") from None
-    if start_it == 0:
+    if start_it == 0 and encoder.needs_calibration:
         first = data.batch(np.arange(min(n, CALIBRATION_IMAGES)), device)["images"]
         encoder.calibrate(encoder_input(first, settings.input_size))
     if start_it == 0 and 0 in eval_points and evaluate is not None:
