@@ -167,15 +167,101 @@ def _build(name: str, layout, seed: int, own: Mapping):
     return build_encoder(name, layout, seed=seed, module=own.get("module"), options=own.get("options"))
 
 
-def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), batch_sizes=(1, 32),
-                input_size: int = 240, device="cpu", repeats: int = 3, warmup: int = 1, seed: int = 0,
-                options: Mapping[str, Mapping] | None = None) -> list[dict]:
-    """Training throughput per encoder and batch size: one optimiser step (encoder forward, decoder,
-    photometric loss + regulariser, backward, update; AdaDelta, or the encoder's own optimiser), and the
-    share of it spent in decoder + loss (forward and backward on the code alone). options: the config's
-    `encoders` section: `<name>.module` registers an encoder of your own, `<name>.options` its
-    constructor's arguments, `<name>.input_size` and `<name>.optimiser` replace `input_size` and AdaDelta."""
+PRECISIONS = ("fp32", "bf16")
+PEAK_MATMUL = 1024  # square matmul side (2 GFLOP: a second where bf16 is emulated, not minutes)
+PEAK_CONV = (4, 64, 56)  # 3x3 conv, stride 1: batch, channels in = out, side (a VGG/ResNet middle layer)
+
+
+def timed_precisions(wanted, device) -> list[str]:
+    """The precisions to time for a list of 'fp32' / 'bf16' / 'auto' (auto: bf16 where it is native,
+    `mofa.training.precision.resolve_precision`), each once, in order."""
+    from mofa.training.precision import resolve_precision
+    return list(dict.fromkeys(resolve_precision(p, device) for p in wanted))
+
+
+def bench_peak(device="cpu", precisions=PRECISIONS, repeats: int = 3) -> list[dict]:
+    """The roofline's compute ceiling on this device: GFLOP/s of a large square matmul and of a 3x3
+    convolution (NCHW and channels_last), per precision; one row per (op, precision)."""
+    device = torch.device(device)
+    rows = []
+    for precision in precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        g = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(PEAK_MATMUL, PEAK_MATMUL, generator=g).to(device, dtype) for _ in range(2))
+        t = _median_seconds(lambda: a @ b, repeats, 1, device)
+        rows.append({"op": f"matmul {PEAK_MATMUL}^3", "precision": precision, "gflops": 2 * PEAK_MATMUL ** 3 / t / 1e9})
+        batch, channels, side = PEAK_CONV
+        x = torch.randn(batch, channels, side, side, generator=g).to(device, dtype)
+        w = torch.randn(channels, channels, 3, 3, generator=g).to(device, dtype)
+        flops = 2 * batch * channels * channels * 9 * side * side
+        for layout, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            xx, ww = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
+            t = _median_seconds(lambda: torch.nn.functional.conv2d(xx, ww, padding=1), repeats, 1, device)
+            rows.append({"op": f"conv3x3 {channels}->{channels} {side}px b{batch} {layout}", "precision": precision,
+                         "gflops": flops / t / 1e9})
+    return rows
+
+
+def peak_gflops(peak_rows: list[dict]) -> dict[str, float]:
+    """{precision: the best GFLOP/s of any op in `bench_peak`'s rows}."""
+    best: dict[str, float] = {}
+    for row in peak_rows:
+        best[row["precision"]] = max(best.get(row["precision"], 0.0), row["gflops"])
+    return best
+
+
+def encoder_step_flops(encoder: torch.nn.Module, images: torch.Tensor) -> int:
+    """FLOPs of the encoder's forward and backward on `images` (torch's FlopCounterMode: matmuls and
+    convolutions), the work a training step spends in the encoder."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        encoder(images).float().sum().backward()
+    encoder.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def precision_agreement(encoder: torch.nn.Module, decoder, images: torch.Tensor, px: int, optimiser_name: str,
+                        precisions=PRECISIONS) -> dict[str, dict[str, float]]:
+    """{precision: {"loss", "grad_norm"}} of the second training step from the same weights and batch:
+    one optimiser step, then the loss and the encoder's gradient norm, each precision on its own copy."""
+    import copy
+
     from mofa.losses import mofa_loss
+    from mofa.training.precision import encode, prepare_encoder
+    from mofa.training.trainer import TrainSettings, encoder_input, make_optimiser
+
+    out = {}
+    for precision in precisions:
+        model = prepare_encoder(copy.deepcopy(encoder), precision).train()
+        optimiser = make_optimiser(model, TrainSettings(iterations=1, optimiser=optimiser_name))
+        for step in range(2):
+            optimiser.zero_grad(set_to_none=True)
+            loss = mofa_loss(decoder, encode(model, encoder_input(images, px), precision), images).total
+            loss.backward()
+            if step == 0:
+                optimiser.step()
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+        out[precision] = {"loss": float(loss.detach()), "grad_norm": float(norm)}
+    return out
+
+
+def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face", "dlib_resnet"), batch_sizes=(32,),
+                input_size: int = 240, device="cpu", repeats: int = 3, warmup: int = 1, seed: int = 0,
+                options: Mapping[str, Mapping] | None = None, precisions=PRECISIONS,
+                peak: Mapping[str, float] | None = None) -> list[dict]:
+    """Training throughput per encoder, precision and batch size: one optimiser step (encoder forward
+    under `mofa.training.precision.encode`, decoder, photometric loss + regulariser, backward, update;
+    AdaDelta, or the encoder's own optimiser), the share of it spent in decoder + loss (forward and
+    backward on the code alone, always fp32), the encoder's achieved GFLOP/s (`encoder_step_flops` over
+    the step) and its fraction of `peak` ({precision: GFLOP/s}, from `bench_peak`), and, on rows other
+    than fp32, the relative difference to fp32 of the loss and gradient norm of the second step
+    (`precision_agreement`). options: the config's `encoders` section: `<name>.module` registers an
+    encoder of your own, `<name>.options` its constructor's arguments, `<name>.input_size` and
+    `<name>.optimiser` replace `input_size` and AdaDelta."""
+    import copy
+
+    from mofa.losses import mofa_loss
+    from mofa.training.precision import encode, prepare_encoder
     from mofa.training.trainer import TrainSettings, encoder_input, make_optimiser
 
     device = torch.device(device)
@@ -185,35 +271,50 @@ def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), 
     for name in encoders:
         own = (options or {}).get(name, {})
         encoder = _build(name, decoder.layout, seed, own).to(device).train()
-        optimiser = make_optimiser(encoder, TrainSettings(iterations=1, optimiser=own.get("optimiser") or "adadelta"))
+        optimiser_name = own.get("optimiser") or "adadelta"
         px = own.get("input_size") or input_size
         for batch in batch_sizes:
             images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
-
-            def step() -> None:
-                optimiser.zero_grad(set_to_none=True)
-                mofa_loss(decoder, encoder(encoder_input(images, px)), images).total.backward()
-                optimiser.step()
-
+            agreement = precision_agreement(encoder, decoder, images, px, optimiser_name, precisions)
+            flops = encoder_step_flops(encoder, encoder_input(images, px))
             code = torch.zeros(batch, decoder.code_size, device=device, requires_grad=True)
 
             def decoder_and_loss() -> None:
                 code.grad = None
                 mofa_loss(decoder, code, images).total.backward()
 
-            t_step = _median_seconds(step, repeats, warmup, device)
             t_dec = _median_seconds(decoder_and_loss, max(repeats, 5), warmup, device)
-            rows.append({"encoder": name, "batch": batch, "input_px": px, "step_ms": 1e3 * t_step,
-                         "images_per_s": batch / t_step, "decoder_loss_ms": 1e3 * t_dec,
-                         "decoder_loss_share": t_dec / t_step, "device": str(device)})
+            for precision in precisions:
+                model = prepare_encoder(copy.deepcopy(encoder), precision).train()
+                optimiser = make_optimiser(model, TrainSettings(iterations=1, optimiser=optimiser_name))
+
+                def step() -> None:
+                    optimiser.zero_grad(set_to_none=True)
+                    mofa_loss(decoder, encode(model, encoder_input(images, px), precision), images).total.backward()
+                    optimiser.step()
+
+                t_step = _median_seconds(step, repeats, warmup, device)
+                achieved = flops / max(t_step - t_dec, 1e-9) / 1e9
+                row = {"encoder": name, "precision": precision, "batch": batch, "input_px": px,
+                       "step_ms": 1e3 * t_step, "images_per_s": batch / t_step, "decoder_loss_ms": 1e3 * t_dec,
+                       "decoder_loss_share": t_dec / t_step, "encoder_gflop_per_step": flops / 1e9,
+                       "encoder_gflops": achieved,
+                       "peak_fraction": achieved / peak[precision] if peak and precision in peak else None,
+                       "device": str(device)}
+                if precision != "fp32" and "fp32" in agreement:
+                    ref, got = agreement["fp32"], agreement[precision]
+                    row["loss_rel_diff"] = abs(got["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-30)
+                    row["grad_norm_rel_diff"] = abs(got["grad_norm"] - ref["grad_norm"]) / max(ref["grad_norm"], 1e-30)
+                rows.append(row)
     return rows
 
 
-def bench_infer(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), batch_sizes=(1, 32),
+def bench_infer(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face", "dlib_resnet"), batch_sizes=(1, 32),
                 input_size: int = 240, device="cpu", repeats: int = 5, warmup: int = 1, seed: int = 0,
-                options: Mapping[str, Mapping] | None = None) -> list[dict]:
-    """Inference time per image: encoder forward and decoder, no gradients, eval mode (options: as
-    `bench_train`)."""
+                options: Mapping[str, Mapping] | None = None, precisions=PRECISIONS) -> list[dict]:
+    """Inference time per image: encoder forward (under each precision) and decoder, no gradients,
+    eval mode (options: as `bench_train`)."""
+    from mofa.training.precision import encode, prepare_encoder
     from mofa.training.trainer import encoder_input
 
     device = torch.device(device)
@@ -221,20 +322,31 @@ def bench_infer(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face"), 
     rows = []
     for name in encoders:
         own = (options or {}).get(name, {})
-        encoder = _build(name, decoder.layout, seed, own).to(device).eval()
         px = own.get("input_size") or input_size
-        for batch in batch_sizes:
-            images = torch.rand(batch, 3, camera.image_size, camera.image_size,
-                                generator=torch.Generator().manual_seed(seed)).to(device)
+        for precision in precisions:
+            encoder = prepare_encoder(_build(name, decoder.layout, seed, own).to(device), precision).eval()
+            for batch in batch_sizes:
+                images = torch.rand(batch, 3, camera.image_size, camera.image_size,
+                                    generator=torch.Generator().manual_seed(seed)).to(device)
 
-            def infer() -> None:
-                with torch.no_grad():
-                    decoder(encoder(encoder_input(images, px)))
+                def infer() -> None:
+                    with torch.no_grad():
+                        decoder(encode(encoder, encoder_input(images, px), precision))
 
-            t = _median_seconds(infer, repeats, warmup, device)
-            rows.append({"encoder": name, "batch": batch, "input_px": px, "ms_per_image": 1e3 * t / batch,
-                         "device": str(device)})
+                t = _median_seconds(infer, repeats, warmup, device)
+                rows.append({"encoder": name, "precision": precision, "batch": batch, "input_px": px,
+                             "ms_per_image": 1e3 * t / batch, "device": str(device)})
     return rows
+
+
+def format_load(summary: Mapping) -> str:
+    """`mofa.machine_load.LoadMonitor.summary` as one line."""
+    def share(v):
+        return "n/a" if v is None else f"{100 * v:.0f} %"
+    return (f"load average {summary['load_1min_before']:.2f} before, {summary['load_1min_after']:.2f} after; "
+            f"other processes' CPU {share(summary['other_cpu_before'])} before, {share(summary['other_cpu_during'])} "
+            f"during, {share(summary['other_cpu_after'])} after"
+            + ("" if summary["machine_idle"] is None else f" ({'idle' if summary['machine_idle'] else 'NOT idle'})"))
 
 
 def device_name(device) -> str:

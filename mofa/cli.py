@@ -37,12 +37,28 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"renderer (Open3D ray casting, {camera.image_size}x{camera.image_size}):")
         print(bench.format_rows([bench.bench_renderer(model, camera, n_images=args.images)]))
     elif args.what in ("train", "infer"):
+        from mofa.machine_load import LoadMonitor
         model, camera, device = build_face_model(cfg), camera_from_config(cfg), select_device(cfg)
-        input_size = args.input_size or camera.image_size
-        fn = bench.bench_train if args.what == "train" else bench.bench_infer
-        print(f"{args.what} on {bench.device_name(device)}, encoder input {input_size} px:")
-        print(bench.format_rows(fn(model, camera, encoders=args.encoders, input_size=input_size, device=device,
-                                   options=cfg["encoders"])))
+        input_size = args.input_size or cfg["training"]["input_size"]
+        precisions = bench.timed_precisions(args.precisions, device)
+        if "bf16" not in precisions:
+            print("bf16: not native on this device (no avx512_bf16 or amx_bf16 CPU flag), so not timed per encoder; "
+                  "pass --precisions fp32 bf16 to time its emulation")
+        common = dict(encoders=args.encoders, input_size=input_size, device=device, options=cfg["encoders"],
+                      precisions=precisions)
+        with LoadMonitor() as load:
+            if args.what == "train":
+                peak_rows = bench.bench_peak(device)
+                print(f"peak on {bench.device_name(device)} (the roofline's ceiling):")
+                print(bench.format_rows(peak_rows), flush=True)
+                print(f"\ntraining step at batch {args.batch}, encoder input {input_size} px (or the encoder's own):")
+                print(bench.format_rows(bench.bench_train(model, camera, batch_sizes=(args.batch,),
+                                                          peak=bench.peak_gflops(peak_rows), **common)), flush=True)
+                print("\ninference (encoder + decoder, no gradients):")
+            else:
+                print(f"inference on {bench.device_name(device)}, encoder input {input_size} px (or the encoder's own):")
+            print(bench.format_rows(bench.bench_infer(model, camera, batch_sizes=(1, args.batch), **common)))
+        print(f"\nmachine load: {bench.format_load(load.summary())}" + (f"; {load.note()}" if load.note() else ""))
     else:
         raise MofaError(f"mofa bench: unknown benchmark '{args.what}'")
 
@@ -135,8 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="print speed figures (not a test)")
     p.add_argument("what", choices=["decoder", "train", "infer"])
-    p.add_argument("--encoders", nargs="+", default=["alexnet", "vgg_face"], help="encoders to time (train, infer)")
-    p.add_argument("--input-size", type=int, help="encoder input side in px (default: the camera's crop)")
+    p.add_argument("--encoders", nargs="+", default=["alexnet", "vgg_face", "dlib_resnet"],
+                   help="encoders to time (train, infer)")
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "auto"], default=["fp32", "auto"],
+                   help="encoder precisions to time (train, infer); auto: bf16 where the device has it natively")
+    p.add_argument("--batch", type=int, default=32, help="batch size of the training step (infer: 1 and this)")
+    p.add_argument("--input-size", type=int,
+                   help="encoder input side in px (default: the config's training.input_size, or the encoder's own)")
     p.add_argument("--config", default="default", help="preset name or YAML file")
     p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
     p.add_argument("--images", type=int, default=200, help="images to render for the renderer figure")

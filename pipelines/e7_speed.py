@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from mofa.config import camera_from_config, select_device
+from mofa.machine_load import LoadMonitor
 from pipelines import _stage
 
 NAME = "e7_speed"
@@ -38,19 +39,28 @@ def run(cfg: dict) -> dict:
     model, camera, device = build_face_model(cfg), camera_from_config(cfg), select_device(cfg)
     input_size = cfg["training"]["input_size"]
     common = dict(encoders=e7["encoders"], batch_sizes=e7["batch_sizes"], input_size=input_size, device=device,
-                  repeats=e7["repeats"], options=cfg["encoders"])
-    infer = pd.DataFrame(bench.bench_infer(model, camera, **common))
-    train = pd.DataFrame(bench.bench_train(model, camera, **common))
-    table = infer.merge(train, on=["encoder", "batch", "input_px", "device"])
+                  repeats=e7["repeats"], options=cfg["encoders"],
+                  precisions=bench.timed_precisions(e7["precisions"], device))
+    with LoadMonitor() as load:
+        peak = bench.bench_peak(device)
+        infer = pd.DataFrame(bench.bench_infer(model, camera, **common))
+        train = pd.DataFrame(bench.bench_train(model, camera, peak=bench.peak_gflops(peak), **common))
+    table = infer.merge(train, on=["encoder", "precision", "batch", "input_px", "device"])
     table["paper_inference_ms"] = [paper_value("E7", "inference_time", ENCODER_NAMES.get(e, e))  # None: not in the paper
                                    for e in table.encoder]
     table["paper_device"] = "TitanX Pascal GPU"
     table["device"] = bench.device_name(device)
+    for key, value in load.summary().items():
+        table[key] = value
+    note = load.note()
     write_table(table, out["table"], out["table_md"], cfg,
                 title=f"E7 (Sec. 7): speed on {bench.device_name(device)}; encoder input px per row "
-                      f"(training.input_size {input_size}, or the encoder's own)", stage=NAME)
-    metrics = {f"{r.encoder}_b{r.batch}_{k}": getattr(r, k) for r in table.itertuples()
-               for k in ("ms_per_image", "images_per_s", "decoder_loss_share")}
+                      f"(training.input_size {input_size}, or the encoder's own); peak "
+                      + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in bench.peak_gflops(peak).items())
+                      + (f"; {note}" if note else ""), stage=NAME)
+    metrics = {f"{r.encoder}_{r.precision}_b{r.batch}_{k}": getattr(r, k) for r in table.itertuples()
+               for k in ("ms_per_image", "images_per_s", "decoder_loss_share", "peak_fraction")}
+    metrics["machine_idle"] = load.idle
     _stage.write_json(out["metrics"], metrics)
     return metrics
 

@@ -88,7 +88,15 @@ def result_config_hash(cfg: Mapping) -> str:
 def provenance(cfg: Mapping, stage: str) -> str:
     """Where a result of `stage` came from, in one line (no timestamp: the same inputs give the same line)."""
     data = " ".join(f"{name}={digest}" for name, digest in data_hashes(cfg, stage).items()) or "none"
-    return f"preset {cfg['preset']}, config {result_config_hash(cfg)}, commit {git_commit()}, data {data}"
+    return (f"preset {cfg['preset']}, config {result_config_hash(cfg)}, commit {git_commit()}, data {data}, "
+            f"training precision {training_precision(cfg)}")
+
+
+def training_precision(cfg: Mapping) -> str:
+    """'fp32' or 'bf16': training.precision resolved on this machine for the config's device."""
+    from mofa.config import select_device
+    from mofa.training.precision import resolve_precision
+    return resolve_precision(cfg["training"]["precision"], select_device(cfg))
 
 
 def figure_metadata(cfg: Mapping, stage: str) -> dict[str, str]:

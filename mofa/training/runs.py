@@ -18,6 +18,7 @@ from mofa.decoder import Decoder
 from mofa.encoders import build_encoder
 from mofa.facemodel.model import FaceModel
 from mofa.losses import LossWeights
+from mofa.training.precision import resolve_precision
 from mofa.training.trainer import Schedule, TrainSettings, train
 
 
@@ -62,7 +63,8 @@ def settings_for(cfg: Mapping, iterations: int, n_evals: int, progress: bool = T
                          rho=tr["rho"], eps=tr["eps"], eval_at=tuple(range(step, iterations + 1, step)),
                          checkpoint_every=tr["checkpoint_every"], input_size=tr["input_size"],
                          seed=cfg["seed"], blur_sigma_px=tr["blur_sigma_px"], blur_until=tr["blur_until"],
-                         schedule=schedule, progress=progress)
+                         schedule=schedule, precision=resolve_precision(tr["precision"], select_device(cfg)),
+                         progress=progress)
 
 
 def loss_weights(cfg: Mapping, landmarks: bool) -> LossWeights:

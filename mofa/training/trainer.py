@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mofa.errors import MofaError
 from mofa.losses import LossWeights, mofa_loss, with_fitted_light
+from mofa.training.precision import encode, prepare_encoder
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -78,7 +79,9 @@ class TrainSettings:
     "adam" (PyTorch's defaults beside lr); lr, lr_z, backbone_lr_scale: see `Encoder.parameter_groups`; eval_at: iterations at which to evaluate
     (0 and the last are always included); input_size: side the images are resized to for the
     encoder (the loss always sees the full crop); blur_sigma_px, blur_until: the loss's blur
-    (`blur_sigma`); schedule: what trains when (`Schedule`)."""
+    (`blur_sigma`); schedule: what trains when (`Schedule`); precision: the encoder's arithmetic in
+    training steps, "fp32" or "bf16" (autocast, `mofa.training.precision`; resolved from "auto" by the
+    caller); evaluation always runs the encoder in fp32."""
     iterations: int
     batch_size: int = 5
     optimiser: str = "adadelta"
@@ -94,6 +97,7 @@ class TrainSettings:
     blur_sigma_px: float = 0.0
     blur_until: float = 0.5
     schedule: Schedule = Schedule()
+    precision: str = "fp32"
     progress: bool = True
 
     def eval_points(self) -> list[int]:
@@ -195,7 +199,7 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    encoder.to(device).train()
+    prepare_encoder(encoder.to(device), settings.precision).train()
     decoder.to(device)
     optimiser = make_optimiser(encoder, settings)
     rows: list[dict] = []
@@ -238,7 +242,7 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
         rng = np.random.default_rng([settings.seed, it])
         torch.manual_seed(settings.seed * 1_000_003 + it)
         batch = data.batch(rng.choice(n, settings.batch_size, replace=False), device)
-        code = encoder(encoder_input(batch["images"], settings.input_size))
+        code = encode(encoder, encoder_input(batch["images"], settings.input_size), settings.precision)
         if it <= held_steps(settings):
             code = torch.where(held, code.detach(), code)
         use_landmarks = weights.land > 0 and "landmarks" in batch

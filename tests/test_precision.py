@@ -1,0 +1,90 @@
+"""training.precision: auto's choice from the CPU flags, bf16 autocast over the encoder alone, and fp32
+runs unchanged by the precision code."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from mofa.data.synthetic import CodeDistribution, SyntheticSet, generate_split
+from mofa.decoder import Decoder, PinholeCamera
+from mofa.encoders import build_encoder
+from mofa.losses import LossWeights
+from mofa.training import precision
+from mofa.training.trainer import TrainSettings, train
+
+CAMERA = PinholeCamera()
+ZEN1 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma f16c\n"  # a CPU without native bf16
+ZEN4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n"
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: avx512f amx_tile amx_bf16 amx_int8\n"
+# sha256 over (name, fp32 bytes) of the final AlexNet weights of `_fp32_run`, computed at commit
+# 86205de, before the precision code existed (1 thread; this machine's torch 2.13 CPU build).
+FP32_DIGEST_BEFORE = "c1eade9f8e2d9243341c4a52b68197b6a06b9fb3f6e52ebd371d224c6232c03a"
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [(ZEN1, "fp32"), (ZEN4, "bf16"), (SAPPHIRE_RAPIDS, "bf16"), ("", "fp32")])
+def test_auto_is_bf16_only_where_the_cpu_has_it(cpuinfo, expected):
+    flags = precision.cpu_flags(cpuinfo)
+    assert precision.resolve_precision("auto", "cpu", flags) == expected
+    assert precision.resolve_precision("fp32", "cpu", flags) == "fp32"
+    assert precision.resolve_precision("bf16", "cpu", flags) == "bf16"  # asked for: honoured, emulated or not
+
+
+def test_auto_reads_this_machines_flags():
+    native = bool(precision.CPU_BF16_FLAGS & precision.cpu_flags())
+    assert precision.resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="training precision 'fp16'"):
+        precision.resolve_precision("fp16", "cpu")
+
+
+def test_bf16_covers_the_encoder_only(small_face_model):
+    decoder = Decoder(small_face_model, CAMERA)
+    encoder = precision.prepare_encoder(build_encoder("alexnet", decoder.layout, seed=0), "bf16")
+    seen = {}
+    encoder.features.register_forward_hook(lambda m, i, o: seen.update(features=o.dtype))
+    images = torch.rand(2, 3, 64, 64)
+    codes = precision.encode(encoder, images, "bf16")
+    assert seen["features"] == torch.bfloat16 and codes.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in encoder.parameters())  # fp32 master weights
+    decoded = decoder(codes)  # outside autocast: the decoder computes in fp32
+    assert decoded.vertices.dtype == torch.float32 and decoded.colours.dtype == torch.float32
+    reference = precision.encode(build_encoder("alexnet", decoder.layout, seed=0), images, "fp32")
+    assert torch.allclose(codes, reference, rtol=0.05, atol=1e-3)  # same function, to bf16 rounding
+
+
+def _run(ict_model, tmp_path: Path, iterations: int = 8, **settings) -> torch.nn.Module:
+    model = ict_model.truncated(8, 10, 8)
+    for split, n in (("train", 24), ("test", 4)):
+        generate_split(tmp_path / "syn", split, n, model, CAMERA, seed=0, dist=CodeDistribution(), progress=False)
+    decoder = Decoder(model.submesh(model.face_region), CAMERA)
+    encoder = build_encoder("alexnet", decoder.layout, rotation_bound_rad=1.0, seed=0)
+    train(tmp_path / "run", encoder, decoder, SyntheticSet(tmp_path / "syn" / "train"),
+          TrainSettings(iterations=iterations, batch_size=4, eval_at=(4,), checkpoint_every=3, input_size=64, seed=0,
+                        progress=False, **settings), LossWeights())
+    return encoder
+
+
+def test_fp32_training_is_bit_identical_to_before_the_precision_code(ict_model, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        encoder = _run(ict_model, tmp_path, precision="fp32")
+    finally:
+        torch.set_num_threads(threads)
+    digest = hashlib.sha256()
+    for name, value in encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().contiguous().numpy().tobytes())
+    assert digest.hexdigest() == FP32_DIGEST_BEFORE
+
+
+def test_a_bf16_run_trains_and_records_its_precision(ict_model, tmp_path):
+    from mofa.training.trainer import CHECKPOINT, load_checkpoint
+    encoder = _run(ict_model, tmp_path, iterations=3, precision="bf16")  # emulated on CPUs without bf16: slow
+    assert all(torch.isfinite(p).all() for p in encoder.parameters())
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["settings"]["precision"] == "bf16"
