@@ -247,7 +247,7 @@ def precision_agreement(encoder: torch.nn.Module, decoder, images: torch.Tensor,
 
 def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face", "dlib_resnet"), batch_sizes=(32,),
                 input_size: int = 240, device="cpu", repeats: int = 3, warmup: int = 1, seed: int = 0,
-                options: Mapping[str, Mapping] | None = None, precisions=PRECISIONS,
+                options: Mapping[str, Mapping] | None = None, precisions=("fp32",),
                 peak: Mapping[str, float] | None = None) -> list[dict]:
     """Training throughput per encoder, precision and batch size: one optimiser step (encoder forward
     under `mofa.training.precision.encode`, decoder, photometric loss + regulariser, backward, update;
@@ -275,7 +275,8 @@ def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face", "
         px = own.get("input_size") or input_size
         for batch in batch_sizes:
             images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
-            agreement = precision_agreement(encoder, decoder, images, px, optimiser_name, precisions)
+            agreement = (precision_agreement(encoder, decoder, images, px, optimiser_name, precisions)
+                         if len(precisions) > 1 else {})
             flops = encoder_step_flops(encoder, encoder_input(images, px))
             code = torch.zeros(batch, decoder.code_size, device=device, requires_grad=True)
 
@@ -311,7 +312,7 @@ def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face", "
 
 def bench_infer(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face", "dlib_resnet"), batch_sizes=(1, 32),
                 input_size: int = 240, device="cpu", repeats: int = 5, warmup: int = 1, seed: int = 0,
-                options: Mapping[str, Mapping] | None = None, precisions=PRECISIONS) -> list[dict]:
+                options: Mapping[str, Mapping] | None = None, precisions=("fp32",)) -> list[dict]:
     """Inference time per image: encoder forward (under each precision) and decoder, no gradients,
     eval mode (options: as `bench_train`)."""
     from mofa.training.precision import encode, prepare_encoder

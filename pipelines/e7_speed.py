@@ -42,7 +42,7 @@ def run(cfg: dict) -> dict:
                   repeats=e7["repeats"], options=cfg["encoders"],
                   precisions=bench.timed_precisions(e7["precisions"], device))
     with LoadMonitor() as load:
-        peak = bench.bench_peak(device)
+        peak = bench.bench_peak(device, repeats=e7["repeats"])
         infer = pd.DataFrame(bench.bench_infer(model, camera, **common))
         train = pd.DataFrame(bench.bench_train(model, camera, peak=bench.peak_gflops(peak), **common))
     table = infer.merge(train, on=["encoder", "precision", "batch", "input_px", "device"])

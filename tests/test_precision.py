@@ -88,3 +88,28 @@ def test_a_bf16_run_trains_and_records_its_precision(ict_model, tmp_path):
     encoder = _run(ict_model, tmp_path, iterations=3, precision="bf16")  # emulated on CPUs without bf16: slow
     assert all(torch.isfinite(p).all() for p in encoder.parameters())
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["settings"]["precision"] == "bf16"
+
+
+def test_other_processes_cpu_share_from_two_marks(monkeypatch):
+    from mofa import machine_load
+    monkeypatch.setattr(machine_load.os, "cpu_count", lambda: 2)
+    start = machine_load._Mark(wall=10.0, own_cpu=1.0, jiffies=(100, 1000))
+    end = machine_load._Mark(wall=11.0, own_cpu=1.5, jiffies=(250, 1200))  # 75 % busy; this process: 0.5 s of 2 core-s
+    assert machine_load.other_cpu_share(start, end) == pytest.approx(0.75 - 0.25)
+    assert machine_load.other_cpu_share(start, machine_load._Mark(11.0, 1.5, None)) is None
+
+
+def test_a_busy_machine_is_flagged():
+    import subprocess
+    import sys
+    from mofa.machine_load import LoadMonitor
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        with LoadMonitor(sample_s=0.5) as load:
+            pass
+    finally:
+        spinner.kill()
+        spinner.wait()
+    summary = load.summary()
+    assert summary["machine_idle"] is False and summary["other_cpu_before"] >= 0.3  # one core of two, at least
+    assert "MEASURED UNDER LOAD" in load.note()

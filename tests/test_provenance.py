@@ -45,7 +45,8 @@ def test_tables_name_the_data_their_stage_read(cfg, tmp_path):
     hashes = tables.data_hashes(cfg, "e1_synthetic")
     assert sorted(hashes) == ["synthetic/test", "synthetic/train"] and all(len(h) == 12 for h in hashes.values())
     assert first == f"# E1 test; preset ci, config {tables.result_config_hash(cfg)}, commit {tables.git_commit()}, " \
-                    f"data synthetic/train={hashes['synthetic/train']} synthetic/test={hashes['synthetic/test']}"
+                    f"data synthetic/train={hashes['synthetic/train']} synthetic/test={hashes['synthetic/test']}, " \
+                    f"training precision fp32"  # ci: the schema's fp32
     assert md.read_text().rstrip().endswith(first.split("; ", 1)[1] + "_")
     assert "data none" in tables.provenance(cfg, "e7_speed")  # reads the face model only
     assert set(tables.data_hashes(cfg, "e2_e3_real")) == {"synthetic/train", "synthetic/test", "real/aflw2000",
