@@ -225,3 +225,24 @@ def test_dvc_finds_the_declared_metrics_and_plots():
     assert set(shown["metrics"][""]["data"]) == declared("metrics")
     assert set(shown["plots"]["data"]) | {e["name"] for e in shown["plots"].get("errors", [])} == declared("plots")
     assert declared("plots") >= {f"results/{preset}/tables/e1_synthetic_curves.csv"}
+
+
+def test_spread_plot_is_the_same_every_run_and_leaves_numpys_generator_alone(tmp_path):
+    """The strip plot's jitter is seeded: two runs give the same PNG bytes (tests/test_robustness.py's
+    promise for every figure), and NumPy's global generator goes on as if nothing had drawn from it."""
+    import numpy as np
+
+    from mofa.figures.spread import plot_spread
+
+    frame = pd.DataFrame({"method": ["a"] * 20 + ["b"] * 20, "dataset": (["synthetic"] * 10 + ["real"] * 10) * 2,
+                          "error": np.linspace(0, 1, 40), "nme": [float("nan")] * 10 + list(np.linspace(0, 1, 10)) * 3})
+    np.random.seed(3)
+    expected = np.random.uniform()
+    np.random.seed(3)
+    first = plot_spread(frame, "method", [("error", "error"), ("nme", "NME")], tmp_path / "a.png", "t", facet="dataset")
+    assert np.random.uniform() == expected
+    second = plot_spread(frame, "method", [("error", "error"), ("nme", "NME")], tmp_path / "b.png", "t", facet="dataset")
+    assert first.read_bytes() == second.read_bytes() and first.stat().st_size > 5_000
+    with pytest.raises(ValueError, match="no finite value"):
+        plot_spread(frame.assign(error=float("nan"), nme=float("nan")), "method", [("error", "e"), ("nme", "n")],
+                    tmp_path / "c.png", "t")

@@ -33,6 +33,18 @@ def plot_spread(frame: pd.DataFrame, group: str, panels: list[tuple[str, str]], 
     order = list(dict.fromkeys(frame[group]))
     height = 0.42 * len(order) + 1.2
     fig, axes = plt.subplots(len(rows), columns, figsize=(4.2 * columns, height * len(rows)), squeeze=False)
+    state = np.random.get_state()
+    np.random.seed(0)  # seaborn's strip jitter draws from NumPy's global generator: the same figure every run
+    try:
+        _draw(axes, rows, cells, frame, facet, group, order)
+    finally:
+        np.random.set_state(state)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out_path, metadata=metadata)
+
+
+def _draw(axes, rows, cells, frame, facet, group, order) -> None:
     for r, f in enumerate(rows):
         mine = [c for c in cells if c[0] == f]
         data = frame if f is None else frame[frame[facet] == f]
@@ -52,6 +64,3 @@ def plot_spread(frame: pd.DataFrame, group: str, panels: list[tuple[str, str]], 
             ax.set_ylabel("")
             ax.grid(axis="x", alpha=0.3)
             ax.tick_params(axis="y", labelsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, out_path, metadata=metadata)
