@@ -27,7 +27,7 @@ class NotMeasured(Exception):
 
 
 def _g(value: float) -> str:
-    return f"{value:.3g}"
+    return f"{value:.4g}"
 
 
 def _need(tables: dict[str, pd.DataFrame], name: str) -> pd.DataFrame:
