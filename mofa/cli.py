@@ -93,10 +93,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     decoder = training_decoder(cfg, build_face_model(cfg)).to(device)
     encoder, trained_size = load_encoder(cfg, encoder_name, decoder, args.checkpoint)
     input_size = args.input_size or trained_size or cfg["training"]["input_size"]
-    fallback = rd["gt_box_fallback"] if args.gt_box_fallback is None else args.gt_box_fallback
     result = benchmark_folder(args.root, encoder.to(device), decoder, input_size, max_images=args.limit,
-                              progress=args.verbose, margin=rd["margin"], min_face_px=rd["min_face_px"],
-                              gt_box_fallback=fallback)
+                              margin=rd["margin"], progress=args.verbose)
     print(f"{encoder_name} encoder from {args.checkpoint} (input {input_size} px) on {args.root}:")
     print(result.report())
     if args.out:
@@ -128,10 +126,15 @@ def write_landmarks_csv(per_image, path: Path) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from mofa.config import load_config, results_dir
     from mofa.results import format_value, main_table
+    from mofa.scorecard import read_tables, scorecard
 
     root = results_dir(load_config(args.preset))
     table = main_table(root / "tables")
-    print(f"{args.preset} preset ({root}): ours beside the paper's (paper_*)")
+    scores = scorecard(read_tables(root / "tables"))
+    print(f"{args.preset} preset ({root}): the paper's findings here")
+    for row in scores.itertuples():
+        print(f"  {row.experiment} {row.claim}: {row.verdict.upper()}\n      paper: {row.paper}\n      ours:  {row.ours}")
+    print("\nours beside the paper's (paper_*)")
     print(table.apply(lambda column: column.map(format_value)).to_string(index=False))
     report = root / "report.html"
     print(f"full report: {report}" if report.is_file() else
@@ -177,11 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", choices=["alexnet", "vgg_face", "dlib_resnet"],
                    help="the checkpoint's encoder (default: its encoder.json's, else alexnet)")
     p.add_argument("--config", help="preset name or YAML file the encoder was trained with (face model, camera, "
-                   "preparation; default: what the encoder.json beside the checkpoint says, else the default preset)")
+                   "crop margin; default: what the encoder.json beside the checkpoint says, else the default preset)")
     p.add_argument("--input-size", type=int, help="encoder input side in px (default: the checkpoint's, else the config's)")
-    p.add_argument("--gt-box-fallback", action=argparse.BooleanOptionalAction, default=None,
-                   help="crop around the ground-truth landmarks where the face detector misses "
-                        "(default: the config's real_data.gt_box_fallback)")
     p.add_argument("--landmarks-out", type=Path, help="also write each image's predicted 68 points in original-image "
                    "px (CSV: name, x0..x67, y0..y67), to score against another annotation")
     p.add_argument("--limit", type=int, help="the first N images only")
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="also write the table as CSV here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("report", help="print the main results table (one row per method, beside the paper's)")
+    p = sub.add_parser("report", help="print the scorecard of the paper's findings, then the main results table")
     p.add_argument("--preset", default="default", help="preset name (ci, default, paper) or YAML file")
     p.set_defaults(func=cmd_report)
     return parser

@@ -5,7 +5,8 @@ iterations.
 Writes, under results/<preset>/: runs/e1_<encoder>/ (checkpoint, encoder weights, metrics.csv),
 tables/e1_synthetic_curves.csv (every run's curves, an `encoder` column),
 tables/e1_synthetic.csv + .md (start and end beside the paper's 21.6 -> 4.5 mm, 0.33 -> 0.05,
-31.6 -> 3.9 px), figures/e1_synthetic_curves.png and metrics/e1_synthetic.json.
+31.6 -> 3.9 px), tables/e1_per_image.csv + figures/e1_synthetic_spread.png (each test image's errors at
+the end), figures/e1_synthetic_curves.png and metrics/e1_synthetic.json.
 
     python -m pipelines.e1_synthetic --config config/ci.yaml
 """
@@ -49,7 +50,9 @@ def per_encoder_outputs(cfg: Mapping) -> dict[str, Path]:
 def outputs(cfg: Mapping) -> dict[str, Path]:
     return {**per_encoder_outputs(cfg), **_stage.result_files(cfg, NAME, figure=False),
             "curves_table": results_dir(cfg) / "tables" / "e1_synthetic_curves.csv",
-            "figure": results_dir(cfg) / "figures" / "e1_synthetic_curves.png"}
+            "figure": results_dir(cfg) / "figures" / "e1_synthetic_curves.png",
+            "per_image": results_dir(cfg) / "tables" / "e1_per_image.csv",
+            "spread_figure": results_dir(cfg) / "figures" / "e1_synthetic_spread.png"}
 
 
 def summary_table(curves: pd.DataFrame, encoder: str) -> pd.DataFrame:
@@ -87,12 +90,14 @@ def schedule_note(cfg: Mapping, encoder: str, short: bool = False) -> str:
 
 
 def run(cfg: dict) -> dict:
+    from mofa.config import select_device
     from mofa.data.synthetic import SyntheticSet
     from mofa.facemodel import build_face_model
     from mofa.figures.curves import plot_curves
     from mofa.paper import display_name
-    from mofa.training.evaluate import synthetic_evaluator
-    from mofa.training.runs import encoder_config, prepare_run_dir, run_training
+    from mofa.figures.spread import plot_spread
+    from mofa.training.evaluate import synthetic_evaluator, synthetic_per_image
+    from mofa.training.runs import encoder_config, prepare_run_dir, run_training, training_decoder
     from mofa.training.trainer import Schedule
     from pipelines.tables import figure_metadata, write_csv, write_table
 
@@ -101,7 +106,7 @@ def run(cfg: dict) -> dict:
     train_set = SyntheticSet(synthetic.data_dir(cfg) / "train")
     test_set = SyntheticSet(synthetic.data_dir(cfg) / "test")
     n_test = min(cfg["training"]["eval_images"], len(test_set))
-    tables, curves, notes, metrics = [], {}, [], {}
+    tables, curves, notes, metrics, spread = [], {}, [], {}, []
     for name in cfg["e1"]["encoders"]:
         e1, ecfg = section(cfg, name), encoder_config(cfg, name)
         evaluate = lambda decoder, device, size=ecfg["training"]["input_size"]: synthetic_evaluator(  # noqa: E731
@@ -114,6 +119,11 @@ def run(cfg: dict) -> dict:
                                           schedule=Schedule.from_config(e1))
         tables.append(summary_table(frame, name).assign(init=encoder.init_description))
         label = display_name(name)
+        decoder = training_decoder(ecfg, model).to(select_device(ecfg))
+        with _stage.timed(f"{name}: per-image errors on {n_test} test images"):
+            errors = synthetic_per_image(decoder, encoder, test_set, ecfg["training"]["input_size"], n_test)
+        spread.append(pd.DataFrame({"encoder": label, "image": range(n_test),
+                                    **{m: errors[m] for m, _ in METRICS}}))
         curves[label + schedule_note(cfg, name, short=True)] = frame
         notes.append(f"{label}: {encoder.init_description}{schedule_note(cfg, name)}")
         metrics |= {f"{name}_{r.metric}_{k}": getattr(r, k) for r in tables[-1].itertuples() for k in ("ours_start", "ours_end")}
@@ -130,6 +140,12 @@ def run(cfg: dict) -> dict:
                 paper={m: (t.paper_start, t.paper_end) for m, t in zip([m for m, _ in METRICS], first.itertuples())},
                 metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["figure"])
+    per_image = pd.concat(spread, ignore_index=True)
+    write_csv(per_image, out["per_image"])
+    plot_spread(per_image, "encoder", [(m, f"{m.replace('_', ' ')} ({u})") for m, u in METRICS], out["spread_figure"],
+                title=f"E1: per-image errors at the end, synthetic test set ({n_test} images, {cfg['preset']} preset)",
+                metadata=figure_metadata(cfg, NAME))
+    _stage.wrote(out["spread_figure"])
     _stage.write_json(out["metrics"], metrics)
     return metrics
 

@@ -6,6 +6,7 @@ loss}, plus the AFLW2000-3D benchmark (68-point NME per |yaw| bin) of each.
 
 Writes, under results/<preset>/: runs/e3_<encoder>_<noland|land>/ (checkpoint, encoder weights,
 metrics.csv, aflw2000_nme.csv per image), tables/e2_real_curves.csv + .md, figures/e2_real_curves.png,
+tables/e3_per_image.csv + figures/e3_variants_spread.png (each eval image's errors per variant),
 tables/e3_variants.csv + .md (beside the paper's 5.3 / 4.9 px without and 3.7 / 3.4 px with landmarks;
 0.075 / 0.073 and 0.078 / 0.078), figures/e3_variants.png and metrics/e2_e3_real.json.
 
@@ -67,6 +68,8 @@ def outputs(cfg: Mapping) -> dict[str, Path]:
             "curves_figure": root / "figures" / "e2_real_curves.png",
             "table": root / "tables" / "e3_variants.csv", "table_md": root / "tables" / "e3_variants.md",
             "figure": root / "figures" / "e3_variants.png",
+            "per_image": root / "tables" / "e3_per_image.csv",
+            "spread_figure": root / "figures" / "e3_variants_spread.png",
             "metrics": root / "metrics" / "e2_e3_real.json"}
 
 
@@ -142,22 +145,28 @@ def run(cfg: dict) -> dict:
     from mofa.facemodel import build_face_model
     from mofa.figures.curves import plot_curves
     from mofa.figures.variants import plot_variant_bars
+    from mofa.figures.spread import plot_spread
+    from mofa.realdata.benchmark_crops import BenchmarkCrops
     from mofa.realdata.prepare import RealFaceSet
-    from mofa.training.evaluate import real_evaluator
+    from mofa.training.evaluate import real_evaluator, real_per_image
     from mofa.training.mixed import MixedSource
     from mofa.training.runs import run_training, training_decoder
-    from pipelines.tables import figure_metadata, write_table
+    from pipelines.tables import figure_metadata, write_csv, write_table
 
     e3, out = cfg["e3"], outputs(cfg)
     model = build_face_model(cfg)
     aflw = real_data.folder(cfg, "aflw2000")
-    train_real, eval_real = RealFaceSet(aflw, "train"), RealFaceSet(aflw, "eval")
+    train_real = RealFaceSet(aflw, "train")
+    with _stage.timed("cropping every AFLW2000 eval-split image"):
+        eval_real = BenchmarkCrops(real_data.split_samples(cfg, "aflw2000", "eval"), int(cfg["camera"]["image_size"]),
+                                   margin=cfg["real_data"]["margin"])
     mix = MixedSource(SyntheticSet(synthetic.data_dir(cfg) / "train"), train_real, e3["synthetic_fraction"])
     n_eval = min(cfg["training"]["eval_images"], len(eval_real))
     log.info("training on %d synthetic + %d real images (synthetic share of a batch %.2f); evaluating on %d of %d "
-             "AFLW2000 eval images", len(mix.synthetic), len(train_real), mix.fraction, n_eval, len(eval_real))
+             "AFLW2000 eval images (crop boxes %s)", len(mix.synthetic), len(train_real), mix.fraction, n_eval,
+             len(eval_real), eval_real.summary["box_source"])
 
-    rows, curves = [], {}
+    rows, curves, spread = [], {}, []
     for encoder_name, landmarks in variants(cfg):
         name, vcfg = variant_name(encoder_name, landmarks), variant_config(cfg, encoder_name)
         folder, init = run_dir(cfg, encoder_name, landmarks), init_weights(cfg, encoder_name)
@@ -175,6 +184,10 @@ def run(cfg: dict) -> dict:
         with torch.no_grad(), _stage.timed(f"{name}: AFLW2000-3D benchmark on {len(eval_real)} images"):
             benchmark = aflw2000.score(eval_real, encoder, decoder, input_size)
         benchmark.per_image.to_csv(folder / "aflw2000_nme.csv", index=False, float_format="%.6g")
+        with _stage.timed(f"{name}: per-image errors on {len(eval_real)} images"):
+            errors = real_per_image(decoder, encoder, eval_real, input_size)
+        spread.append(pd.DataFrame({"variant": variant_label(encoder_name, landmarks), "id": eval_real.ids,
+                                    "yaw_bin": benchmark.per_image["yaw_bin"], **errors}))
         log.info("%s:\n%s", name, benchmark.report())
         rows.append(variant_row(encoder_name, landmarks, table, benchmark, vcfg, init_description))
         curves[(encoder_name, landmarks)] = table
@@ -185,7 +198,15 @@ def run(cfg: dict) -> dict:
                 title=f"E3 (Figs. 8, 11): final errors on the AFLW2000 eval split ({n_eval} images; landmark error "
                       f"over 46 points in {cfg['camera']['image_size']} px crops against the ground truth) and the AFLW2000-3D NME "
                       f"(68 points, %, against the original pt3d_68 annotation; |yaw| bins 0-30, 30-60 and > 60 as 3DDFA's "
-                      f"benchmark) of each variant on all {len(eval_real)} kept eval images", stage=NAME)
+                      f"benchmark) of each variant on all {len(eval_real)} eval-split images of the folder (none dropped; crop boxes "
+                      f"{', '.join(f'{k} {v}' for k, v in eval_real.summary['box_source'].items())})", stage=NAME)
+    per_image = pd.concat(spread, ignore_index=True)
+    write_csv(per_image, out["per_image"])
+    plot_spread(per_image, "variant", [("landmark_error", "landmark error (px)"),
+                                       ("photometric_error", "photometric error"), ("nme", "AFLW2000-3D NME")],
+                out["spread_figure"], title=f"E3: per-image errors on the {len(eval_real)} AFLW2000 eval images "
+                                            f"({cfg['preset']} preset)", metadata=figure_metadata(cfg, NAME))
+    _stage.wrote(out["spread_figure"])
     plot_variant_bars(variants_table, [("landmark_error", "paper_landmark_error", "landmark error (px)"),
                                        ("photometric_error", "paper_photometric_error", "photometric error"),
                                        ("nme_all_pct", None, "AFLW2000-3D NME, all eval images (%)")],

@@ -15,7 +15,8 @@ correspondence, not the encoder's.
 Writes, under results/<preset>/: tables/e4_baselines.csv + .md (mean and median per dataset and
 method, ms per image, the encoder's speed-up over Gauss-Newton beside the paper's 500 ms / 4 ms, and
 how often the variant without landmarks ended worse than it started or far above the landmark variant),
-tables/e4_per_image.csv, figures/e4_baselines.png and metrics/e4_baselines.json.
+tables/e4_per_image.csv, figures/e4_baselines.png, figures/e4_baselines_spread.png (each image's
+errors per method) and metrics/e4_baselines.json.
 
     python -m pipelines.e4_baselines --config config/ci.yaml
 """
@@ -51,11 +52,14 @@ FAILURE_METRIC = {"synthetic": "geometric_error", "real": "landmark_error"}
 METRICS = {"synthetic": ("geometric_error", "photometric_error", "landmark_error", "rotation_error"),
            "real": ("landmark_error", "photometric_error", "nme")}
 ALL_METRICS = ("geometric_error", "photometric_error", "landmark_error", "rotation_error", "nme")
+SPREAD_LABELS = {"geometric_error": "geometric error (mm)", "photometric_error": "photometric error",
+                 "landmark_error": "landmark error (px)", "rotation_error": "rotation error (deg)", "nme": "NME"}
 log = logging.getLogger(f"mofa.stage.{NAME}")
 
 
 def outputs(cfg: Mapping) -> dict[str, Path]:
-    return {**_stage.result_files(cfg, NAME), "per_image": results_dir(cfg) / "tables" / "e4_per_image.csv"}
+    return {**_stage.result_files(cfg, NAME), "per_image": results_dir(cfg) / "tables" / "e4_per_image.csv",
+            "spread_figure": results_dir(cfg) / "figures" / "e4_baselines_spread.png"}
 
 
 def trained_encoders(cfg: Mapping) -> list[tuple[str, str, Path]]:
@@ -100,6 +104,7 @@ def run(cfg: dict) -> dict:
     from mofa.config import select_device
     from mofa.data.synthetic import SyntheticSet
     from mofa.facemodel import build_face_model
+    from mofa.figures.spread import plot_spread
     from mofa.figures.variants import plot_variant_bars
     from mofa.paper import paper_value
     from mofa.realdata.prepare import RealFaceSet
@@ -185,6 +190,10 @@ def run(cfg: dict) -> dict:
                       out["figure"], title=f"E4: optimisation baseline vs encoders ({cfg['preset']} preset)",
                       label="method", log_panels=("ms_per_image",), metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["figure"])
+    plot_spread(frame, "method", [(m, SPREAD_LABELS[m]) for m in ALL_METRICS], out["spread_figure"], facet="dataset",
+                title=f"E4: per-image errors per method, synthetic test and AFLW2000 eval ({cfg['preset']} preset)",
+                metadata=figure_metadata(cfg, NAME))
+    _stage.wrote(out["spread_figure"])
     metrics = headline(table)
     _stage.write_json(out["metrics"], metrics)
     log.info("Gauss-Newton with landmarks %.0f ms/image vs the fastest encoder %.2f ms/image: %.0fx; synthetic "

@@ -61,6 +61,17 @@ def dataset_root(cfg: Mapping, dataset: str) -> Path:
     return Path(value)
 
 
+def split_samples(cfg: Mapping, dataset: str = "aflw2000", split: str = "eval") -> list:
+    """The samples of one split of a dataset as `run` splits them (real_data.max_images, split_seed,
+    eval_fraction), whether or not the preparation kept them: the images a benchmark scores."""
+    from mofa.realdata.adapters import adapter_for
+    from mofa.realdata.prepare import split_of
+
+    rd = cfg["real_data"]
+    samples = list(adapter_for(dataset)(dataset_root(cfg, dataset)))[: rd["max_images"]]
+    return [s for s in samples if split_of(s.group, rd["split_seed"], rd["eval_fraction"]) == split]
+
+
 def run(cfg: dict) -> dict:
     from mofa.realdata.adapters import adapter_for
     from mofa.realdata.prepare import prepare

@@ -1,5 +1,6 @@
 """Stage `report`: one HTML and one Markdown page collecting every result table (ours beside the paper's
-numbers) and every figure of the preset, with the main table (one row per method, mofa/results.py), the
+numbers) and every figure of the preset (each table's spread figure beside it), opening with the scorecard
+of the paper's findings (mofa/scorecard.py), then the main table (one row per method, mofa/results.py), the
 run's metadata (commit, config hash, data-manifest hashes, package versions, device) and the wall time
 of each stage from Snakemake's benchmark files.
 
@@ -158,10 +159,19 @@ def format_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.apply(lambda column: column.map(format_value))
 
 
-def render_markdown(cfg: Mapping, main: pd.DataFrame | None, tables: list, figures: list[Path],
+SPREAD_SUFFIX = "_spread"  # figures/<table stem>_spread.png sits beside tables/<table stem>.csv
+
+
+def beside(table_path: Path, figures: list[Path]) -> Path | None:
+    """The spread figure shown beside a table (figures/<stem>_spread.png), if there is one."""
+    return next((f for f in figures if f.stem == table_path.stem + SPREAD_SUFFIX), None)
+
+
+def render_markdown(cfg: Mapping, scores: pd.DataFrame, main: pd.DataFrame | None, tables: list, figures: list[Path],
                     runtime: pd.DataFrame, meta: Mapping[str, str], paper: pd.DataFrame) -> str:
     root = results_dir(cfg)
     out = [f"# MoFA-Bench report: {cfg['preset']} preset", ""]
+    out += ["## Scorecard: the paper's findings here", "", scores.to_markdown(index=False), ""]
     out += ["## Main results (ours beside the paper's)", ""]
     out += [format_frame(main).to_markdown(index=False) if main is not None else "_no E1/E3/E4 table yet_", ""]
     out += ["## Tables", ""]
@@ -169,8 +179,12 @@ def render_markdown(cfg: Mapping, main: pd.DataFrame | None, tables: list, figur
         frame, note = shown(table.frame)
         out += [f"### {table.title}", "", f"`{os.path.relpath(table.path, root)}`" + (f" ({note})" if note else ""),
                 "", format_frame(frame).to_markdown(index=False), "", f"_{table.provenance}_" if table.provenance else "", ""]
+        if (spread := beside(table.path, figures)) is not None:
+            rel = os.path.relpath(spread, root)
+            out += [f"![{spread.stem}]({rel})", "", f"_{figure_provenance(spread)}_", ""]
     out += ["## Figures", ""]
-    for path in figures:
+    shown_beside = {beside(t.path, figures) for t in tables}
+    for path in (f for f in figures if f not in shown_beside):
         rel = os.path.relpath(path, root)
         out += [f"### {path.stem}", "", f"![{path.stem}]({rel})", "", f"_{figure_provenance(path)}_", ""]
     out += ["## Wall time per stage", "", format_frame(runtime).to_markdown(index=False), ""]
@@ -189,12 +203,13 @@ def _html_table(frame: pd.DataFrame, css_class: str) -> str:
     return format_frame(frame).to_html(index=False, classes=css_class, border=0, escape=True)
 
 
-def render_html(cfg: Mapping, main: pd.DataFrame | None, tables: list, figures: list[Path],
+def render_html(cfg: Mapping, scores: pd.DataFrame, main: pd.DataFrame | None, tables: list, figures: list[Path],
                 runtime: pd.DataFrame, meta: Mapping[str, str], paper: pd.DataFrame) -> str:
     root, esc = results_dir(cfg), html.escape
     title = f"MoFA-Bench report: {cfg['preset']} preset"
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{CSS}</style>"
-           f"</head><body><h1>{esc(title)}</h1>", "<h2 id='main'>Main results (ours beside the paper's)</h2>",
+           f"</head><body><h1>{esc(title)}</h1>", "<h2 id='scorecard'>Scorecard: the paper's findings here</h2>",
+           scores.to_html(index=False, classes="scorecard", border=0, escape=True), "<h2 id='main'>Main results (ours beside the paper's)</h2>",
            _html_table(main, "main-table") if main is not None else "<p>no E1/E3/E4 table yet</p>",
            "<h2 id='tables'>Tables</h2>"]
     for table in tables:
@@ -203,8 +218,13 @@ def render_html(cfg: Mapping, main: pd.DataFrame | None, tables: list, figures: 
         out += [f"<h3>{esc(table.title)}</h3>",
                 f"<p class='prov'><a href='{esc(rel)}'>{esc(rel)}</a>{esc(f' ({note})' if note else '')}</p>",
                 _html_table(frame, "result-table"), f"<p class='prov'>{esc(table.provenance)}</p>"]
+        if (spread := beside(table.path, figures)) is not None:
+            rel = os.path.relpath(spread, root)
+            out += [f"<img class='figure' src='{esc(rel)}' alt='{esc(spread.stem)}'>",
+                    f"<p class='prov'>{esc(figure_provenance(spread))}</p>"]
     out.append("<h2 id='figures'>Figures</h2>")
-    for path in figures:
+    shown_beside = {beside(t.path, figures) for t in tables}
+    for path in (f for f in figures if f not in shown_beside):
         rel = os.path.relpath(path, root)
         out += [f"<h3>{esc(path.stem)}</h3>", f"<img class='figure' src='{esc(rel)}' alt='{esc(path.stem)}'>",
                 f"<p class='prov'>{esc(figure_provenance(path))}</p>"]
@@ -219,6 +239,7 @@ def run(cfg: dict) -> dict:
     from mofa.errors import MofaError
     from mofa.paper import paper_numbers
     from mofa.results import main_table, read_table
+    from mofa.scorecard import read_tables, scorecard
     from pipelines.tables import write_table, write_text
 
     out = outputs(cfg)
@@ -233,10 +254,12 @@ def run(cfg: dict) -> dict:
         log.warning("%s", exc)
         main = None
     meta = run_metadata(cfg)
-    parts = (cfg, main, tables, figures, runtime, meta, paper_numbers())
+    scores = scorecard(read_tables(results_dir(cfg) / "tables"))
+    parts = (cfg, scores, main, tables, figures, runtime, meta, paper_numbers())
     write_text(out["markdown"], render_markdown(*parts))
     write_text(out["html"], render_html(*parts))
     return {"tables": len(tables), "figures": len(figures),
+            "claims_holding": int((scores.verdict == "holds").sum()), "claims": len(scores),
             "stages_measured": int((runtime.wall_time.iloc[:-1] != NOT_MEASURED).sum()),
             "wall_s_total": float(runtime.wall_s.iloc[-1])}
 

@@ -61,6 +61,14 @@ def test_e5_and_e6_stages_at_the_ci_preset(tmp_path, monkeypatch):
                              "e1.iterations": 1, "e1.evaluations": 1, "training.eval_images": 2})
     synthetic.run(cfg)
     e1_synthetic.run(cfg)
+    # E1's per-image errors at the end are the values its table's last evaluation averaged
+    from mofa.paper import display_name
+    e1 = e1_synthetic.outputs(cfg)
+    per_image, e1_table = pd.read_csv(e1["per_image"]), pd.read_csv(e1["table"], comment="#")
+    assert len(per_image) == 2 * len(cfg["e1"]["encoders"]) and e1["spread_figure"].stat().st_size > 10_000
+    means = per_image.groupby("encoder").mean(numeric_only=True)
+    for row in e1_table.itertuples():
+        assert means.loc[display_name(row.encoder), row.metric] == pytest.approx(row.ours_end, rel=1e-3)
     code_size = cfg["face_model"]["n_shape"] + cfg["face_model"]["n_expression"] + cfg["face_model"]["n_reflectance"] + 33
 
     metrics = e5_conv_autoencoder.run(cfg)

@@ -188,13 +188,22 @@ def test_chain_nme_table_per_yaw_bin(constructed):
     assert frame["images"].tolist() == [2, 1, 2, 5]
     np.testing.assert_allclose(frame["nme_percent"], 100 * frame["nme"])
     report = result.report()
-    assert "1 dropped (no face: 1)" in report and "outside the bins" not in report
+    assert "5 images scored" in report and "outside the bins" not in report
 
 
 # -- mofa evaluate aflw2000 on real photos -----------------------------------------------------------------
 
-def test_mofa_evaluate_aflw2000_on_three_real_images(tmp_path, capsys, monkeypatch, aflw_dir):
+def test_mofa_evaluate_aflw2000_scores_every_image_even_one_mediapipe_cannot_read(tmp_path, capsys, monkeypatch,
+                                                                                 aflw_dir):
+    """Three AFLW2000-3D photos and a noise image with a copy of one's .mat: Haar finds no face in the
+    noise and MediaPipe none in its crop, which the training preparation would drop; the benchmark
+    crops it from the ground-truth box and scores all four."""
+    import cv2
+
     from mofa import cli
+    from mofa.realdata.adapters import iter_aflw2000
+    from mofa.realdata.benchmark_crops import BenchmarkCrops
+    from mofa.realdata.landmarks68 import MediaPipeLandmarker
     from mofa.encoders import build_encoder
     from mofa.facemodel import build_face_model
     from mofa.training.runs import training_decoder
@@ -204,6 +213,13 @@ def test_mofa_evaluate_aflw2000_on_three_real_images(tmp_path, capsys, monkeypat
     for stem in AFLW_IMAGES:
         for suffix in (".jpg", ".mat"):
             shutil.copy(aflw_dir / f"{stem}{suffix}", root)
+    noise = np.random.default_rng(0).integers(0, 256, (450, 450, 3), dtype=np.uint8)
+    cv2.imwrite(str(root / "image99999.jpg"), noise)
+    shutil.copy(aflw_dir / f"{AFLW_IMAGES[0]}.mat", root / "image99999.mat")
+    crops = BenchmarkCrops(iter_aflw2000(root), 240)
+    assert crops.manifest.set_index("id").loc["aflw2000/image99999", "box_source"] == "gt"
+    with MediaPipeLandmarker() as landmarker:
+        assert landmarker.detect(crops.images[crops.ids.index("aflw2000/image99999")]) is None
     monkeypatch.chdir(REPO_ROOT)  # the ci preset's face model cache is results/cache
     cfg = load_config("ci")
     decoder = training_decoder(cfg, build_face_model(cfg))
@@ -219,7 +235,7 @@ def test_mofa_evaluate_aflw2000_on_three_real_images(tmp_path, capsys, monkeypat
     assert status == 0, printed
     points = pd.read_csv(landmarks)
     assert points.columns.tolist() == ["name", *[f"x{k}" for k in range(68)], *[f"y{k}" for k in range(68)]]
-    assert sorted(points["name"]) == sorted(AFLW_IMAGES)
+    assert sorted(points["name"]) == sorted([*AFLW_IMAGES, "image99999"])
     # the exported points, scored against the files' own pt3d_68, give the printed table's NME
     from scipy.io import loadmat
 
@@ -229,10 +245,10 @@ def test_mofa_evaluate_aflw2000_on_three_real_images(tmp_path, capsys, monkeypat
     bins = pd.read_csv(out).set_index("bin").drop("mean")
     pooled = float((bins["nme"] * bins["images"]).sum() / bins["images"].sum())
     assert float(np.mean(nme_aflw2000(pred, gt))) == pytest.approx(pooled, rel=1e-3)
-    assert "AFLW2000-3D NME" in printed and "3 read, 3 kept" in printed and "0 dropped" in printed
+    assert "AFLW2000-3D NME" in printed and "4 in the folder, 4 scored" in printed and "gt 1" in printed
     table = pd.read_csv(out)
     assert table["bin"].tolist() == ["0-30", "30-60", "60-90", "mean"]
-    assert table.loc[0, "images"] == 3
+    assert table.loc[3, "images"] == 4 and table.loc[0, "images"] == 4  # the copied .mat's yaw is near frontal
     assert np.isfinite(table.loc[0, "nme"]) and 0 < table.loc[0, "nme"] < 1
     # with the encoder.json a training run writes beside its weights, the preset and encoder come from it
     from mofa.training.runs import write_encoder_card
@@ -296,7 +312,14 @@ def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch, 
     assert set(metrics) >= {"alexnet_noland_landmark_error", "alexnet_land_nme_mean_pct",
                             "alexnet_landmark_loss_lowers_landmark_error"}
     per_image = pd.read_csv(e2_e3_real.run_dir(cfg, "alexnet", True) / "aflw2000_nme.csv")
-    assert len(per_image) == metrics_eval_images(cfg)
+    # every eval-split image of the folder is scored, also those the training preparation dropped
+    eval_ids = [s.id for s in real_data.split_samples(cfg, "aflw2000", "eval")]
+    assert per_image["id"].tolist() == eval_ids and len(eval_ids) >= metrics_eval_images(cfg)
+    assert table[["n_0-30", "n_30-60", "n_60-90"]].sum(axis=1).eq(len(eval_ids)).all()
+    spread = pd.read_csv(outputs["per_image"])
+    assert len(spread) == 2 * len(eval_ids)
+    np.testing.assert_allclose(spread.groupby("variant", sort=False)["nme"].mean() * 100,
+                               table.set_index("variant")["nme_all_pct"], rtol=1e-4)
     key = json.loads((e2_e3_real.run_dir(cfg, "alexnet", False) / RUN_KEY).read_text())
     assert key["init"]["path"] == str(e1_weights)  # a new E1 run makes the run folder start over
 
@@ -327,6 +350,7 @@ def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch, 
     assert metrics["speedup"] == pytest.approx(metrics["gauss_newton_ms_per_image"] / metrics["fastest_encoder_ms_per_image"])
     per_image = pd.read_csv(outputs["per_image"])
     assert len(per_image) == 2 * len(methods)  # one image of each set
+    assert outputs["spread_figure"].stat().st_size > 10_000
 
 
 def test_e3_run_key_names_what_the_run_depends_on():

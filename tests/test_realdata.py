@@ -269,10 +269,33 @@ def test_index_map_is_well_formed_and_refits_to_a_known_correspondence():
     flat = [i for entry in MEDIAPIPE_TO_IBUG68 for i in entry]
     assert len(MEDIAPIPE_TO_IBUG68) == 68 and all(0 <= i < 468 for i in flat)
     mesh = np.random.default_rng(1).uniform(0, 200, (2, 468, 2))
-    np.testing.assert_allclose(mediapipe_to_ibug68(mesh)[:, 1], mesh[:, [234, 93]].mean(1))
+    np.testing.assert_allclose(mediapipe_to_ibug68(mesh)[:, 1], mesh[:, list(MEDIAPIPE_TO_IBUG68[1])].mean(1))
     target = tuple((3 * k,) for k in range(68))
     fitted = fit_index_map(mesh, mediapipe_to_ibug68(mesh, target), candidates=5)
     assert fitted == target
+
+
+def test_index_map_was_fitted_on_no_eval_image_of_any_preset(aflw_dir, monkeypatch):
+    """The record of the map's fit (landmarks68_fit.json) names its images: none is in the AFLW2000 eval
+    split of any preset, and its map is the one in use."""
+    import json
+
+    from mofa.config import load_config
+    from mofa.realdata.fit_landmark_map import PRESETS, RECORD
+    from pipelines.real_data import split_samples
+
+    monkeypatch.setenv("MOFA_AFLW2000_DIR", str(aflw_dir))
+    record = json.loads(RECORD.read_text())
+    assert tuple(tuple(e) for e in record["map"]) == MEDIAPIPE_TO_IBUG68
+    fitted = set(record["images"])
+    samples = list(iter_aflw2000(aflw_dir))
+    assert len(fitted) > 500 and fitted <= {s.id for s in samples}
+    # E3's own list of the default preset's eval images
+    assert not fitted & {s.id for s in split_samples(load_config("default"), "aflw2000", "eval")}
+    for preset in PRESETS:  # every preset's split, also beyond its max_images
+        rd = load_config(preset)["real_data"]
+        eval_ids = {s.id for s in samples if split_of(s.group, rd["split_seed"], rd["eval_fraction"]) == "eval"}
+        assert eval_ids and not fitted & eval_ids, (preset, sorted(fitted & eval_ids)[:5])
 
 
 # -- preparation end to end ---------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ E3 = pd.DataFrame({"variant": ["AlexNet without landmarks", "AlexNet with landma
 E4 = pd.DataFrame({"dataset": ["synthetic", "real"], "method": ["Gauss-Newton with landmarks"] * 2,
                    "geometric_error_mean": [5.0, float("nan")], "photometric_error_mean": [0.1, 0.2],
                    "landmark_error_mean": [3.0, 6.0], "ms_per_image": [900.0, 950.0], "paper_ms_per_image": [500.0, 500.0]})
-FIGURES = ("e8_alexnet_land", "extra", "e3_variants", "face_model", "e1_synthetic_curves")  # 'extra': no stage's
+FIGURES = ("e8_alexnet_land", "extra", "e3_variants", "face_model", "e1_synthetic_curves",
+           "e1_synthetic_spread")  # 'extra': no stage's; the spread figure goes beside E1's table
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,8 @@ def test_runtime_table_reads_snakemake_benchmarks_and_says_what_was_not_measured
     assert (runtime["wall_time"].iloc[1:-1] == report.NOT_MEASURED).all()
     total = runtime.iloc[-1]
     assert total.stage == f"total ({len(report.stages()) - 1} not measured)" and total.wall_s == 62.5
-    assert metrics == {"tables": 4, "figures": len(FIGURES), "stages_measured": 1, "wall_s_total": 62.5}
+    assert metrics == {"tables": 4, "figures": len(FIGURES), "stages_measured": 1, "wall_s_total": 62.5,
+                       "claims_holding": 1, "claims": 8}  # E1 only: E3's test table has no landmark_loss column
 
 
 def test_report_collects_every_table_and_figure_in_stage_order_with_the_run_metadata(results):
@@ -115,6 +117,12 @@ def test_report_collects_every_table_and_figure_in_stage_order_with_the_run_meta
             assert key in text, key
         assert text.count("preset ci, config ") >= 3 + len(FIGURES)  # every table's and figure's provenance
         assert "21.6" in text and "TitanX" in text  # the paper's numbers appendix
+        # the scorecard opens the report; E1's spread figure sits beside its table, not among the figures
+        assert text.index("Scorecard") < text.index("Main results") < text.index("E1 test table")
+        assert "training on synthetic data lowers" in text and "not measured at this scale" in text
+        spread = text.index("figures/e1_synthetic_spread.png")
+        assert text.index("E1 test table") < spread < text.index("E3; test table")
+        assert text.count("figures/e1_synthetic_spread.png") == 1
 
 
 def test_mofa_report_prints_the_main_table(results):
@@ -123,6 +131,11 @@ def test_mofa_report_prints_the_main_table(results):
                             text=True, timeout=120, cwd=report.results_dir(cfg).parent.parent)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    assert "the paper's findings here" in lines[0]
+    assert lines[1].strip() == "E1 training on synthetic data lowers the geometric, photometric and landmark errors: HOLDS"
+    assert "ours:  alexnet: 16 -> 12.5, 0.3 -> 0.21, 9 -> 7.5" in result.stdout
+    assert sum("NOT MEASURED AT THIS SCALE" in line for line in lines) == 7
+    lines = lines[lines.index("ours beside the paper's (paper_*)"):]
     assert "paper_landmark_error_px" in lines[1] and "MoFA AlexNet with landmarks" in result.stdout
     assert len([line for line in lines if line.split()[:1] in (["E1"], ["E3"], ["E4"])]) == 5
     assert lines[-1].startswith("full report: ")
@@ -161,7 +174,8 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
         driver.get(report.outputs(cfg)["html"].resolve().as_uri())
         assert driver.title == "MoFA-Bench report: ci preset"
         tables = driver.find_elements(By.TAG_NAME, "table")
-        assert len(tables) == 1 + 4 + 3  # main, the four result tables, runtime, run, the paper's numbers
+        assert len(tables) == 1 + 1 + 4 + 3  # scorecard, main, the four result tables, runtime, run, the paper's numbers
+        assert len(driver.find_elements(By.CSS_SELECTOR, "table.scorecard tbody tr")) == 8
         for table in tables:
             assert len(table.find_elements(By.CSS_SELECTOR, "tbody tr")) > 0
         main_rows = driver.find_elements(By.CSS_SELECTOR, "table.main-table tbody tr")
@@ -211,3 +225,24 @@ def test_dvc_finds_the_declared_metrics_and_plots():
     assert set(shown["metrics"][""]["data"]) == declared("metrics")
     assert set(shown["plots"]["data"]) | {e["name"] for e in shown["plots"].get("errors", [])} == declared("plots")
     assert declared("plots") >= {f"results/{preset}/tables/e1_synthetic_curves.csv"}
+
+
+def test_spread_plot_is_the_same_every_run_and_leaves_numpys_generator_alone(tmp_path):
+    """The strip plot's jitter is seeded: two runs give the same PNG bytes (tests/test_robustness.py's
+    promise for every figure), and NumPy's global generator goes on as if nothing had drawn from it."""
+    import numpy as np
+
+    from mofa.figures.spread import plot_spread
+
+    frame = pd.DataFrame({"method": ["a"] * 20 + ["b"] * 20, "dataset": (["synthetic"] * 10 + ["real"] * 10) * 2,
+                          "error": np.linspace(0, 1, 40), "nme": [float("nan")] * 10 + list(np.linspace(0, 1, 10)) * 3})
+    np.random.seed(3)
+    expected = np.random.uniform()
+    np.random.seed(3)
+    first = plot_spread(frame, "method", [("error", "error"), ("nme", "NME")], tmp_path / "a.png", "t", facet="dataset")
+    assert np.random.uniform() == expected
+    second = plot_spread(frame, "method", [("error", "error"), ("nme", "NME")], tmp_path / "b.png", "t", facet="dataset")
+    assert first.read_bytes() == second.read_bytes() and first.stat().st_size > 5_000
+    with pytest.raises(ValueError, match="no finite value"):
+        plot_spread(frame.assign(error=float("nan"), nme=float("nan")), "method", [("error", "e"), ("nme", "n")],
+                    tmp_path / "c.png", "t")

@@ -222,7 +222,7 @@ def run_e1(results: Path, cache: Path) -> dict:
 def e1_files(cfg: dict) -> dict[str, bytes]:
     from pipelines import e1_synthetic
     out = e1_synthetic.outputs(cfg)
-    return {key: out[key].read_bytes() for key in ("table", "table_md", "figure")}
+    return {key: out[key].read_bytes() for key in ("table", "table_md", "figure", "per_image", "spread_figure")}
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +233,7 @@ def e1_once(cache, tmp_path_factory) -> dict:
 def test_the_same_config_twice_gives_identical_tables(e1_once, cache, tmp_path):
     from pipelines.tables import data_hashes
     again = run_e1(tmp_path / "results", cache)
-    assert e1_files(again) == e1_files(e1_once)  # table (CSV, Markdown) and figure, byte for byte
+    assert e1_files(again) == e1_files(e1_once)  # tables (CSV, Markdown, per image) and figures, byte for byte
     assert data_hashes(again, "e1_synthetic") == data_hashes(e1_once, "e1_synthetic")
 
 

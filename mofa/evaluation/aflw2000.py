@@ -1,24 +1,22 @@
-"""The AFLW2000-3D landmark benchmark of an encoder, as one chain: detection and crop (the preparation of
-mofa.realdata.prepare), encoder, decoder, the 68 model landmarks projected back into the original
+"""The AFLW2000-3D landmark benchmark of an encoder, as one chain: detection and crop of every image
+(mofa.realdata.benchmark_crops: the Haar box, else one from the ground truth; no landmark detector), encoder, decoder, the 68 model landmarks projected back into the original
 image through the crop transform, and the NME of the 3DDFA protocol (mean 2D distance over the 68
 points / sqrt(w h) of the ground-truth landmark box) per |yaw| bin [0, 30], (30, 60] and > 60 (no upper
 cap, as 3DDFA's benchmark; labelled 60-90) and the mean of the three bins. The ground truth is the
 original `pt3d_68` annotation, not 3DDFA's re-annotation (papers report the two separately).
 
-Images the preparation drops (no Haar detection, landmark detector failure, ...) are not scored; the
-result says how many and why. `mofa evaluate aflw2000` and the E3 stage both call this module.
+Every image of the folder is scored: none is dropped, and the table's image count is the folder's.
+`mofa evaluate aflw2000` and the E3 stage both call this module.
 """
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from mofa.errors import MofaError
 from mofa.metrics import YAW_BINS, landmark_error, nme_aflw2000, nme_table, yaw_bins
 from mofa.realdata.detect import crop_to_image
 from mofa.training.trainer import predict_codes
@@ -44,7 +42,8 @@ def landmarks_in_image(crop_points, transforms) -> np.ndarray:
 
 def evaluate_prepared(real_set, encoder: torch.nn.Module, decoder, input_size: int,
                       batch_size: int = 32) -> pd.DataFrame:
-    """Score every image of a prepared split (a RealFaceSet) that has ground truth: one row per image
+    """Score every image of a set of crops (BenchmarkCrops, or a prepared RealFaceSet) that has ground
+    truth: one row per image
     with id, yaw_deg, yaw_bin, box_source, nme (fraction, 68 points, image px) and
     landmark_error_px (46 points, crop px); the predicted landmarks in image px are in `attrs`."""
     crops, gt_crop, image_pred = [], [], []
@@ -76,7 +75,7 @@ def evaluate_prepared(real_set, encoder: torch.nn.Module, decoder, input_size: i
 @dataclasses.dataclass
 class BenchmarkResult:
     """per_image: evaluate_prepared's frame; table: nme_table's row (fractions and counts);
-    summary: the preparation's summary (counts kept, dropped by reason)."""
+    summary: the crops' summary (images, crop boxes by source)."""
     per_image: pd.DataFrame
     table: dict
     summary: dict
@@ -92,13 +91,10 @@ class BenchmarkResult:
     def report(self) -> str:
         """The table and the image counts as text."""
         s = self.summary
-        dropped = {k: v for k, v in s.get("dropped", {}).items() if v}
         lines = [f"AFLW2000-3D NME (68 landmarks, / sqrt(w h) of the ground-truth box), {len(self.per_image)} images scored",
                  self.table_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"),
-                 f"images: {s.get('total', '?')} read, {s.get('kept', '?')} kept "
-                 f"(crop box: {', '.join(f'{k} {v}' for k, v in s.get('box_source', {}).items()) or 'none'}), "
-                 f"{s.get('total', 0) - s.get('kept', 0)} dropped"
-                 + (f" ({', '.join(f'{k}: {v}' for k, v in dropped.items())})" if dropped else "")]
+                 f"images: {s.get('total', '?')} in the folder, {len(self.per_image)} scored (crop box: "
+                 f"{', '.join(f'{k} {v}' for k, v in s.get('box_source', {}).items()) or 'none'})"]
         outside = len(self.per_image) - sum(self.table[f"n_{name}"] for name in YAW_BINS)
         if outside:
             lines.append(f"{outside} scored images have no yaw label or no NME and are outside the bins")
@@ -113,21 +109,12 @@ def score(real_set, encoder, decoder, input_size: int, summary: dict | None = No
 
 
 def benchmark_folder(root: str | Path, encoder: torch.nn.Module, decoder, input_size: int,
-                     work_dir: str | Path | None = None, max_images: int | None = None,
-                     progress: bool = False, **prepare_options) -> BenchmarkResult:
-    """The whole chain on a folder in the AFLW2000-3D layout (imageNNNNN.jpg + .mat): prepare it
-    into `work_dir` (a temporary folder when None) at the decoder camera's image size, then score
-    every kept image. prepare_options: margin, min_face_px, gt_box_fallback, ... of prepare()."""
+                     max_images: int | None = None, margin: float = 0.4, progress: bool = False) -> BenchmarkResult:
+    """The whole chain on a folder in the AFLW2000-3D layout (imageNNNNN.jpg + .mat): crop every image
+    at the decoder camera's image size (BenchmarkCrops), then score every one."""
     from mofa.realdata.adapters import iter_aflw2000
-    from mofa.realdata.prepare import RealFaceSet, prepare
+    from mofa.realdata.benchmark_crops import BenchmarkCrops
 
     samples = list(iter_aflw2000(root))[:max_images]
-    size = int(decoder.camera.image_size)
-    with tempfile.TemporaryDirectory(prefix="mofa-aflw2000-") as tmp:
-        folder = Path(work_dir) if work_dir is not None else Path(tmp) / "prepared"
-        summary = prepare(samples, folder, image_size=size, eval_fraction=0.0, progress=progress, **prepare_options)
-        if summary["kept"] == 0:
-            raise MofaError(f"{root}: none of the {summary['total']} images survived detection "
-                            f"({', '.join(f'{k}: {v}' for k, v in summary['dropped'].items() if v)}); "
-                            "try gt_box_fallback")
-        return score(RealFaceSet(folder, "all"), encoder, decoder, input_size, summary)
+    crops = BenchmarkCrops(samples, int(decoder.camera.image_size), margin=margin, progress=progress)
+    return score(crops, encoder, decoder, input_size, crops.summary)

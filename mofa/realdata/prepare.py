@@ -59,7 +59,15 @@ MANIFEST_COLUMNS = (
 
 GT_BOX_SCALE = 1.2
 """Haar box side / sqrt(w h) of the 68-landmark box, median over AFLW2000-3D (1.21) and ibug68 (1.18):
-the size of the box made from ground truth when `gt_box_fallback` is on."""
+the size of the box made from ground truth when `gt_box_fallback` is on (and by the benchmark's crops)."""
+
+
+def gt_box(points: np.ndarray) -> np.ndarray:
+    """(68, 2) image px -> (4,) square (x, y, side, side) centred on the points' box, side
+    GT_BOX_SCALE sqrt(w h)."""
+    x, y, w, h = points_box(points)
+    side = GT_BOX_SCALE * np.sqrt(max(w, 0.0) * max(h, 0.0))
+    return np.array([x + (w - side) / 2, y + (h - side) / 2, side, side])
 
 
 def split_of(key: str, seed: int, eval_fraction: float) -> str:
@@ -205,9 +213,7 @@ def _prepare_one(sample: Sample, reader: FrameReader, landmarker: MediaPipeLandm
     if chosen is not None:
         box, row["box_source"] = boxes[chosen], "haar"
     elif gt_box_fallback and sample.gt_landmarks is not None:
-        x, y, w, h = points_box(sample.gt_landmarks)
-        side = GT_BOX_SCALE * np.sqrt(w * h)
-        box, row["box_source"] = np.array([x + (w - side) / 2, y + (h - side) / 2, side, side]), "gt"
+        box, row["box_source"] = gt_box(sample.gt_landmarks), "gt"
     elif len(boxes) == 0:
         return drop(NO_FACE, "the Haar cascade found no face")
     else:

@@ -80,6 +80,32 @@ def real_metrics(decoder: Decoder, codes: torch.Tensor, batch: dict) -> dict[str
     return per_image
 
 
+def _per_image(score, decoder: Decoder, encoder: torch.nn.Module, image_set, input_size: int,
+               batch_size: int, n_images: int | None) -> dict[str, np.ndarray]:
+    device = decoder.mean_shape.device
+    n = len(image_set) if n_images is None else min(n_images, len(image_set))
+    parts = []
+    for start in range(0, n, batch_size):
+        batch = image_set.batch(np.arange(start, min(n, start + batch_size)), "cpu")
+        codes = predict_codes(encoder, batch["images"].to(device), input_size).cpu()
+        parts.append(score(decoder, codes, batch))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
+def synthetic_per_image(decoder: Decoder, encoder: torch.nn.Module, test_set, input_size: int,
+                        n_images: int | None = None, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """`synthetic_metrics` of an encoder over the first n_images (all when None) of a synthetic split:
+    {metric: (N,)}, the values `synthetic_evaluator` averages."""
+    return _per_image(synthetic_metrics, decoder, encoder, test_set, input_size, batch_size, n_images)
+
+
+def real_per_image(decoder: Decoder, encoder: torch.nn.Module, image_set, input_size: int,
+                   n_images: int | None = None, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """`real_metrics` of an encoder over the first n_images (all when None) of a real-face set:
+    {metric: (N,)}."""
+    return _per_image(real_metrics, decoder, encoder, image_set, input_size, batch_size, n_images)
+
+
 def synthetic_evaluator(decoder: Decoder, test_set, n_images: int, input_size: int,
                         device: torch.device | str = "cpu") -> Callable[[torch.nn.Module], dict]:
     """A function encoder -> {metric_mean, metric_median} of `synthetic_metrics` on the first n_images
@@ -96,7 +122,7 @@ def synthetic_evaluator(decoder: Decoder, test_set, n_images: int, input_size: i
 def real_evaluator(decoder: Decoder, eval_set, n_images: int, input_size: int,
                    device: torch.device | str = "cpu") -> Callable[[torch.nn.Module], dict]:
     """A function encoder -> {metric_mean, metric_median} of `real_metrics` on the first n_images of a
-    real-face split (a RealFaceSet)."""
+    real-face set (BenchmarkCrops or a RealFaceSet)."""
     batch = eval_set.batch(np.arange(min(n_images, len(eval_set))), "cpu")
 
     def evaluate(encoder: torch.nn.Module) -> dict:

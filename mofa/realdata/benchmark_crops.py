@@ -1,0 +1,88 @@
+"""The crops a landmark benchmark scores: every image of a folder, none dropped.
+
+The training data's preparation (mofa.realdata.prepare) prunes: no Haar detection, a small face, a
+MediaPipe failure. A benchmark must not: the encoder needs no landmark detector at test time, and a
+benchmark that drops its hardest images cannot sit beside published tables. Here each image is cropped
+around the Haar detection that overlaps its ground-truth landmark box, and where there is none, around
+a box made from the ground truth (as 3DDFA's AFLW2000-3D protocol crops from its roi boxes); the crop
+geometry is the preparation's (CropWindow.around, `margin`). An unreadable image or one without ground
+truth is an error naming the file, not a silent drop.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from mofa.errors import MofaError
+from mofa.landmarks import N_LANDMARKS
+from mofa.realdata.adapters import Sample
+from mofa.realdata.detect import CropWindow, choose_face, detect_faces, image_to_crop
+from mofa.realdata.images import FrameReader, UnreadableImage
+from mofa.realdata.prepare import gt_box
+
+MIN_HAAR_PX = 32  # the smallest Haar window searched (image px), the preparation's at its default min_face_px
+
+
+class BenchmarkCrops:
+    """Every sample's crop, in memory, with the interface of RealFaceSet that scoring reads: `len`,
+    `manifest` (id, yaw_deg, box_source, box_iou), `transforms` (N, 2, 3) crop <- image and
+    `batch(indices)` -> images (B, 3, S, S) in [0, 1], gt_landmarks (B, 68, 2) crop px."""
+
+    def __init__(self, samples: Iterable[Sample], image_size: int, margin: float = 0.4, min_iou: float = 0.1,
+                 progress: bool = False):
+        samples = list(samples)
+        images = np.zeros((len(samples), image_size, image_size, 3), np.uint8)
+        gt = np.zeros((len(samples), N_LANDMARKS, 2), np.float32)
+        transforms = np.zeros((len(samples), 2, 3), np.float64)
+        rows, problems = [], []
+        with FrameReader() as reader:
+            for i, sample in enumerate(tqdm(samples, desc="benchmark crops", unit="img", disable=not progress,
+                                            leave=False)):
+                if sample.gt_landmarks is None:
+                    problems.append(f"{sample.image_path}: no ground-truth landmarks")
+                    continue
+                try:
+                    rgb = reader.read(sample.image_path, sample.frame_index)
+                except UnreadableImage as exc:
+                    problems.append(f"{sample.image_path}: {exc}")
+                    continue
+                boxes = detect_faces(rgb, min_size_px=MIN_HAAR_PX)
+                chosen, iou = choose_face(boxes, sample.hint_box, min_iou)
+                box, source = (boxes[chosen], "haar") if chosen is not None else (gt_box(sample.gt_landmarks), "gt")
+                window = CropWindow.around(box, margin, image_size)
+                images[i] = window.crop(rgb)
+                transforms[i] = window.transform
+                gt[i] = image_to_crop(sample.gt_landmarks, window.transform)
+                rows.append({"id": sample.id, "yaw_deg": np.nan if sample.yaw_deg is None else sample.yaw_deg,
+                             "box_source": source, "box_iou": iou})
+        if problems:
+            raise MofaError(f"{problems[0]}; the benchmark scores every image, so it cannot go on"
+                            + (f" ({len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""))
+        self.images, self.gt_landmarks, self._transforms = images, gt, transforms
+        self.manifest = pd.DataFrame(rows, columns=["id", "yaw_deg", "box_source", "box_iou"])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.manifest["id"].tolist()
+
+    @property
+    def transforms(self) -> np.ndarray:
+        return self._transforms
+
+    @property
+    def summary(self) -> dict:
+        """Image count and crop boxes by source."""
+        return {"total": len(self), "scored": len(self),
+                "box_source": {k: int(v) for k, v in self.manifest.box_source.value_counts().items()}}
+
+    def batch(self, indices, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        index = np.asarray(indices, dtype=np.int64)
+        images = torch.from_numpy(self.images[index]).permute(0, 3, 1, 2).float().div_(255.0)
+        return {"images": images.to(device), "gt_landmarks": torch.from_numpy(self.gt_landmarks[index]).to(device)}
