@@ -162,6 +162,7 @@ def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: lis
     from mofa.training import distributed as ddp
 
     argv = sys.argv[1:] if argv is None else argv
+    argv = argv[1:] if argv[:1] == ["--"] else argv  # as a torchrun that keeps the `--` of relaunch_command passes it
     args = parse_args(description, argv)
     setup_logging(args.log)
     try:

@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from mofa.errors import MofaError
@@ -77,9 +76,10 @@ def shutdown() -> None:
 
 
 def relaunch_command(processes: int, module: str, argv: Sequence[str]) -> list[str]:
-    """The command that runs `python -m module argv` on `processes` processes of this machine."""
+    """The command that runs `python -m module argv` on `processes` processes of this machine. The
+    `--` keeps torchrun's parser off argv (it would take `--log` for an abbreviation of its own)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            "-m", module, *argv]
+            "-m", module, "--", *argv]
 
 
 def relaunch(processes: int, module: str, argv: Sequence[str]) -> int:
