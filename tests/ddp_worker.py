@@ -1,6 +1,7 @@
 """Runs of `mofa.training.trainer.train` for tests/test_distributed.py, started by torchrun (or plain
 python for one process). argv[1]: a JSON file {decoder, train, test, runs: [{run_dir, dies_after}]};
-dies_after: the number of batches a run gets before its data raises (a killed run), or null."""
+dies_after: the number of batches a run gets before its data raises (a killed run), or null. Then
+STAGE_ARGS, which must arrive as given (torchrun's parser would take a stage's --log for its own)."""
 from __future__ import annotations
 
 import json
@@ -13,10 +14,12 @@ from mofa.training.distributed import rank
 from mofa.training.evaluate import synthetic_evaluator
 from mofa.training.trainer import train
 
-from test_distributed import LOSS, SETTINGS, DiesAt, Killed, fresh_encoder  # tests/ is on PYTHONPATH
+from test_distributed import LOSS, SETTINGS, STAGE_ARGS, DiesAt, Killed, fresh_encoder  # tests/ is on PYTHONPATH
 
 
-def main(spec_path: str) -> None:
+def main(spec_path: str, rest: list[str]) -> None:
+    if rest != STAGE_ARGS:
+        raise SystemExit(f"the worker got {rest}, not {STAGE_ARGS}")
     torch.set_num_threads(1)
     spec = json.loads(open(spec_path).read())
     decoder = torch.load(spec["decoder"], weights_only=False)
@@ -31,4 +34,4 @@ def main(spec_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

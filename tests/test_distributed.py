@@ -24,6 +24,7 @@ from mofa.training.evaluate import synthetic_evaluator
 from mofa.training.trainer import CHECKPOINT, FINAL, METRICS, Schedule, TrainSettings, train
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+STAGE_ARGS = ["--config", "ci", "--log", "unused.log"]  # must reach the worker as a stage's arguments would
 # Batch 5 on two processes: shares of 3 and 2 images (the loss weighting matters); roll held for the
 # first half (the schedule runs per share). Not fit_light: the light solve is per image, but its float32
 # normal equations round differently for 3, 2 and 5 images, by up to 1.2e-3 of a light coefficient
@@ -106,7 +107,7 @@ def torchrun(spec: dict, folder: Path, processes: int = 2) -> str:
     spec_path = folder / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(relaunch_command(processes, "ddp_worker", [str(spec_path)]), env=env | {
+    done = subprocess.run(relaunch_command(processes, "ddp_worker", [str(spec_path), *STAGE_ARGS]), env=env | {
         "PYTHONPATH": os.pathsep.join([str(WORKER.parent), env.get("PYTHONPATH", "")])},
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-4000:]}"
@@ -199,8 +200,16 @@ def test_shares_of_a_batch():
 
 
 def test_a_one_process_stage_refuses_torchrun(monkeypatch, capsys):
+    import logging
+
     from pipelines import _stage
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    assert _stage.main("face_model", lambda cfg: {}, "test", ["--config", "ci"]) == 2
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert _stage.main("face_model", lambda cfg: {}, "test", ["--config", "ci"]) == 2
+    finally:  # the stage's logging setup replaces the root handlers
+        root.handlers[:] = handlers
+        root.setLevel(level)
     assert "stage face_model runs in one process: start it without torchrun" in capsys.readouterr().err
