@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(bench.format_rows(bench.bench_decoder(model, camera, device)))
         print(f"renderer (Open3D ray casting, {camera.image_size}x{camera.image_size}):")
         print(bench.format_rows([bench.bench_renderer(model, camera, n_images=args.images)]))
+    elif args.what == "train" and args.processes > 1:
+        from mofa.bench_processes import bench_under_torchrun
+        print(f"training step on 1 and {args.processes} processes (torchrun; the config's batch shared; "
+              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} per process):")
+        print(bench.format_rows([bench_under_torchrun(args.config, name, p, device=args.device, input_size=args.input_size)
+                                 for name in args.encoders for p in (1, args.processes)]))
     elif args.what in ("train", "infer"):
         from mofa.machine_load import LoadMonitor
         model, camera, device = build_face_model(cfg), camera_from_config(cfg), select_device(cfg)
@@ -164,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="default", help="preset name or YAML file")
     p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
     p.add_argument("--images", type=int, default=200, help="images to render for the renderer figure")
+    p.add_argument("--processes", type=int, default=1, help="train: also time the step shared by this many "
+                   "processes under torchrun (images/s of the config's batch on 1 and N processes)")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("reconstruct", help="reconstruct the faces in photos: mesh (.ply, .obj), overlay PNG, code JSON")
     p.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")

@@ -72,12 +72,15 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def setup_logging(log_file: Path | None = None) -> None:
-    """Log to stderr and, when given, to `log_file` (truncated: one run per file)."""
+    """Log to stderr and, when given, to `log_file` (truncated: one run per file). Under torchrun
+    only rank 0 logs information and writes the file; the other ranks log warnings and errors."""
+    from mofa.training.distributed import is_main
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
+    if log_file is not None and is_main():
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logging.basicConfig(level=logging.INFO if is_main() else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", handlers=handlers, force=True)
 
 
@@ -146,21 +149,39 @@ def publish(source: Path, target: Path) -> Path:
     return wrote(target)
 
 
-def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: list[str] | None = None) -> int:
+def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: list[str] | None = None,
+         distributed: bool = False) -> int:
     """Command-line entry of a stage: parse, set up logging, load the config, run, report.
 
+    distributed: the stage trains on the config's `processes`: with N > 1 and no launcher around it,
+    it runs itself again under `torchrun --standalone --nproc-per-node N` and returns that exit
+    status; under torchrun every process runs it and rank 0 alone writes (`mofa.training.distributed`).
     A MofaError ends the stage with its one-line message and exit status 2 (as the `mofa` command does).
     """
+    from mofa.config import select_device
+    from mofa.training import distributed as ddp
+
+    argv = sys.argv[1:] if argv is None else argv
+    argv = argv[1:] if argv[:1] == ["--"] else argv  # as a torchrun that keeps the `--` of relaunch_command passes it
     args = parse_args(description, argv)
     setup_logging(args.log)
     try:
         cfg = load_config(args.config, parse_overrides(args.overrides))
+        if ddp.launched_processes() > 1 and not distributed:
+            raise MofaError(f"stage {stage} runs in one process: start it without torchrun")
+        if distributed and cfg["processes"] > 1 and ddp.launched_processes() == 1:
+            setup_logging(None)  # rank 0 of the relaunched stage writes the log file
+            return ddp.relaunch(cfg["processes"], f"pipelines.{stage}", argv)
         log.info("stage %s: config %s (preset %s, hash %s)", stage, " + ".join(args.config), cfg["preset"],
                  config_hash(cfg))
         writable_folder(results_dir(cfg))
+        if distributed:
+            ddp.init(select_device(cfg))
         with timed(f"stage {stage}"):
             run(cfg)
     except MofaError as exc:
         log.error("stage %s: %s", stage, exc)
         return 2
+    finally:
+        ddp.shutdown()
     return 0

@@ -96,6 +96,7 @@ def run(cfg: dict) -> dict:
     from mofa.figures.curves import plot_curves
     from mofa.paper import display_name
     from mofa.figures.spread import plot_spread
+    from mofa.training.distributed import is_main
     from mofa.training.evaluate import synthetic_evaluator, synthetic_per_image
     from mofa.training.runs import encoder_config, prepare_run_dir, run_training, training_decoder
     from mofa.training.trainer import Schedule
@@ -117,6 +118,8 @@ def run(cfg: dict) -> dict:
             frame, encoder = run_training(ecfg, run_dir(cfg, name), model, name, train_set, evaluate,
                                           e1["iterations"], e1["evaluations"], landmarks=False,
                                           schedule=Schedule.from_config(e1))
+        if not is_main():  # under torchrun rank 0 alone writes the results
+            continue
         tables.append(summary_table(frame, name).assign(init=encoder.init_description))
         label = display_name(name)
         decoder = training_decoder(ecfg, model).to(select_device(ecfg))
@@ -128,6 +131,8 @@ def run(cfg: dict) -> dict:
         notes.append(f"{label}: {encoder.init_description}{schedule_note(cfg, name)}")
         metrics |= {f"{name}_{r.metric}_{k}": getattr(r, k) for r in tables[-1].itertuples() for k in ("ours_start", "ours_end")}
         metrics[f"{name}_encoder_init"] = encoder.init_description
+    if not is_main():
+        return {}
     table = pd.concat(tables, ignore_index=True)
     write_csv(pd.concat([f.assign(encoder=label.split(",")[0]) for label, f in curves.items()], ignore_index=True),
               out["curves_table"])
@@ -151,4 +156,4 @@ def run(cfg: dict) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_stage.main(NAME, run, __doc__.splitlines()[0]))
+    raise SystemExit(_stage.main(NAME, run, __doc__.splitlines()[0], distributed=True))

@@ -148,6 +148,7 @@ def run(cfg: dict) -> dict:
     from mofa.figures.spread import plot_spread
     from mofa.realdata.benchmark_crops import BenchmarkCrops
     from mofa.realdata.prepare import RealFaceSet
+    from mofa.training.distributed import is_main
     from mofa.training.evaluate import real_evaluator, real_per_image
     from mofa.training.mixed import MixedSource
     from mofa.training.runs import run_training, training_decoder
@@ -179,6 +180,8 @@ def run(cfg: dict) -> dict:
             table, encoder = run_training(vcfg, folder, model, encoder_name, mix, evaluate,
                                           e3[encoder_name]["iterations"], e3["evaluations"], landmarks=landmarks,
                                           init_from=init)
+        if not is_main():  # under torchrun rank 0 alone scores the encoder and writes the results
+            continue
         init_description = f"from E1's weights ({init})" if init is not None else encoder.init_description
         decoder = training_decoder(vcfg, model).to(select_device(vcfg))
         with torch.no_grad(), _stage.timed(f"{name}: AFLW2000-3D benchmark on {len(eval_real)} images"):
@@ -193,6 +196,8 @@ def run(cfg: dict) -> dict:
         curves[(encoder_name, landmarks)] = table
         del encoder
 
+    if not is_main():
+        return {}
     variants_table = pd.DataFrame(rows)
     write_table(variants_table, out["table"], out["table_md"], cfg,
                 title=f"E3 (Figs. 8, 11): final errors on the AFLW2000 eval split ({n_eval} images; landmark error "
@@ -260,4 +265,4 @@ def _paper_column_note(encoder: str) -> str:
     return f"{counterpart}'s (the slot this encoder fills; it is not {counterpart})"
 
 if __name__ == "__main__":
-    raise SystemExit(_stage.main(NAME, run, __doc__.splitlines()[0]))
+    raise SystemExit(_stage.main(NAME, run, __doc__.splitlines()[0], distributed=True))

@@ -18,6 +18,7 @@ from mofa.decoder import Decoder
 from mofa.encoders import build_encoder
 from mofa.facemodel.model import FaceModel
 from mofa.losses import LossWeights
+from mofa.training.distributed import is_main
 from mofa.training.precision import resolve_precision
 from mofa.training.trainer import Schedule, TrainSettings, train
 
@@ -89,7 +90,8 @@ def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: st
     if init_from is not None:
         encoder.load_state_dict(torch.load(init_from, map_location="cpu", weights_only=True))
         encoder.init_description = f"started from the weights {init_from}"
-    write_encoder_card(run_dir, cfg, encoder_name, decoder, encoder)
+    if is_main():
+        write_encoder_card(run_dir, cfg, encoder_name, decoder, encoder)
     table = train(run_dir, encoder, decoder, data, settings_for(cfg, iterations, n_evals, schedule=schedule),
                   loss_weights(cfg, landmarks), evaluate_factory(decoder, device),
                   device)
@@ -151,8 +153,11 @@ RUN_KEY = "run_key.json"
 def prepare_run_dir(folder: Path, key: dict) -> None:
     """Keep a run folder (so training resumes its checkpoint) only when everything it was made from is
     the same (its run_key.json: config sections, data, initial weights) and its curves are there
-    (workflow engines delete a stage's outputs before running it again); else empty it."""
+    (workflow engines delete a stage's outputs before running it again); else empty it. Under
+    torchrun rank 0 does it (`train` waits for it)."""
     from mofa.training.trainer import CHECKPOINT, FINAL, METRICS
+    if not is_main():
+        return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     key_file = folder / RUN_KEY

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mofa.errors import MofaError
 from mofa.losses import LossWeights, mofa_loss, with_fitted_light
+from mofa.training.distributed import World
 from mofa.training.precision import encode, prepare_encoder
 
 log = logging.getLogger(__name__)
@@ -195,10 +196,15 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
     run_dir receives checkpoint.pt (every `checkpoint_every` iterations and at the end), metrics.csv
     (one row per evaluation: iteration, loss terms, what `evaluate` returns) and encoder.pt (final
     weights). With resume, an existing checkpoint is continued.
+
+    Under torchrun it trains on all the processes (`mofa.training.distributed`): the same global
+    batches as one process, each process its share; rank 0 alone evaluates and writes.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
+    world = World.current(device)
+    world.barrier()  # rank 0 has prepared the run folder
     prepare_encoder(encoder.to(device), settings.precision).train()
     decoder.to(device)
     optimiser = make_optimiser(encoder, settings)
@@ -216,7 +222,7 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
         if (run_dir / METRICS).exists():
             rows = [r for r in pd.read_csv(run_dir / METRICS).to_dict("records") if r["iteration"] <= start_it]
         log.info("resumed %s at iteration %d", run_dir, start_it)
-    elif ckpt_path.exists():
+    elif ckpt_path.exists() and world.is_main:
         ckpt_path.unlink()
 
     eval_points = set(settings.eval_points())
@@ -231,18 +237,19 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
     if start_it == 0 and encoder.needs_calibration:
         first = data.batch(np.arange(min(n, CALIBRATION_IMAGES)), device)["images"]
         encoder.calibrate(encoder_input(first, settings.input_size))
-    if start_it == 0 and 0 in eval_points and evaluate is not None:
+    if start_it == 0 and 0 in eval_points and evaluate is not None and world.is_main:
         rows.append({"iteration": 0, "seconds": 0.0, **evaluate(encoder)})
         atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
     seconds = float(rows[-1]["seconds"]) if rows else 0.0
     bar = tqdm(range(start_it + 1, settings.iterations + 1), initial=start_it, total=settings.iterations,
-               desc=f"train {run_dir.name}", unit="it", disable=not settings.progress, leave=False)
+               desc=f"train {run_dir.name}", unit="it", disable=not settings.progress or not world.is_main, leave=False)
+    model = world.wrap(encoder, settings.batch_size, device)
     tick = time.perf_counter()
     for it in bar:
         rng = np.random.default_rng([settings.seed, it])
         torch.manual_seed(settings.seed * 1_000_003 + it)
-        batch = data.batch(rng.choice(n, settings.batch_size, replace=False), device)
-        code = encode(encoder, encoder_input(batch["images"], settings.input_size), settings.precision)
+        batch = world.local_batch(data, rng.choice(n, settings.batch_size, replace=False), device)
+        code = encode(model, encoder_input(batch["images"], settings.input_size), settings.precision)
         if it <= held_steps(settings):
             code = torch.where(held, code.detach(), code)
         use_landmarks = weights.land > 0 and "landmarks" in batch
@@ -258,9 +265,9 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
                           weights if use_landmarks else dataclasses.replace(weights, land=0.0))
         total = terms.total if light_target is None else terms.total + light_target
         optimiser.zero_grad(set_to_none=True)
-        total.backward()
+        world.scaled(total, settings.batch_size).backward()
         optimiser.step()
-        loss = float(total.detach())
+        loss = world.batch_means({"total": float(total.detach())}, settings.batch_size)["total"]
         if not np.isfinite(loss):
             raise MofaError(f"{run_dir}: loss became {loss} at iteration {it}; lower the learning rate or check the data")
         running = loss if running is None else 0.95 * running + 0.05 * loss
@@ -269,20 +276,27 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
             now = time.perf_counter()
             seconds += now - tick
             if it in eval_points and evaluate is not None:
-                rows.append({"iteration": it, "seconds": round(seconds, 2), "train_loss": running,
-                             **{f"train_{k}": v for k, v in terms.log().items()},
-                             **({} if light_target is None else {"train_light_target": float(light_target.detach())}),
-                             "train_visible_share": visible_share(terms.decoded, decoder.face_mask, *images.shape[-2:]),
-                             **evaluate(encoder)})
-                atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
-            atomic_torch_save({"iteration": it, "encoder": encoder.state_dict(), "optimiser": optimiser.state_dict(),
-                               "running_loss": running, "settings": _settings_key(settings)}, ckpt_path)
+                train_terms = world.batch_means({
+                    **{f"train_{k}": v for k, v in terms.log().items()},
+                    **({} if light_target is None else {"train_light_target": float(light_target.detach())}),
+                    "train_visible_share": visible_share(terms.decoded, decoder.face_mask, *images.shape[-2:])},
+                    settings.batch_size)
+                if world.is_main:
+                    rows.append({"iteration": it, "seconds": round(seconds, 2), "train_loss": running,
+                                 **train_terms, **evaluate(encoder)})
+                    atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
+            if world.is_main:
+                atomic_torch_save({"iteration": it, "encoder": encoder.state_dict(), "optimiser": optimiser.state_dict(),
+                                   "running_loss": running, "settings": _settings_key(settings)}, ckpt_path)
             tick = time.perf_counter()
     bar.close()
-    atomic_torch_save(encoder.state_dict(), run_dir / FINAL)
+    world.unwrap(encoder)
+    if world.is_main:
+        atomic_torch_save(encoder.state_dict(), run_dir / FINAL)
+    world.barrier()
     # The curves as on disk (6 digits): a resumed run reads its earlier rows from there, so this way an
     # uninterrupted run returns, and plots, exactly the same numbers.
-    return pd.read_csv(run_dir / METRICS) if rows else pd.DataFrame(rows)
+    return pd.read_csv(run_dir / METRICS) if world.from_main(bool(rows)) else pd.DataFrame(rows)
 
 
 def _settings_key(settings: TrainSettings) -> dict:
