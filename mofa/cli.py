@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     except MofaError as exc:
         print(f"mofa: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an I/O problem no step turned into a MofaError: still one line naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mofa: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mofa: interrupted", file=sys.stderr)
         return 130

@@ -371,3 +371,26 @@ def test_a_malformed_image_among_good_ones(checkpoint, photos, tmp_path):
     assert len(lines) == 1 and str(bad) in lines[0] and "not a readable image" in lines[0]
     assert (out / f"{photos[0].stem}_face0.ply").is_file() and not list(out.glob("broken*"))
     assert leftovers(out) == []
+
+
+def test_evaluate_table_on_a_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
+    """The CSV writer of `mofa evaluate` on a full tmpfs (else an injected ENOSPC): one MofaError naming
+    the file, no partial or temporary file left, an older file of that name kept as it was."""
+    import pandas as pd
+
+    from mofa.cli import write_csv_atomic
+    frame = pd.DataFrame({"x": np.arange(20000.0)})
+    target = tmp_path / "tiny"
+    with tmpfs(target, "16k") as mounted:
+        target.mkdir(exist_ok=True)
+        (target / "nme.csv").write_text("old\n")
+        if not mounted:
+            real = os.fsync
+
+            def full(fd):
+                real(fd)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(MofaError, match="nme.csv: cannot write \\(No space left on device\\)"):
+            write_csv_atomic(frame, target / "nme.csv")
+        assert (target / "nme.csv").read_text() == "old\n" and leftovers(target) == []

@@ -105,7 +105,7 @@ def detect_faces_mediapipe(rgb: np.ndarray, min_score: float = MEDIAPIPE_MIN_SCO
             all_scores.append(scores[~inner])
     boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
     side = np.sqrt(np.clip(boxes[:, 2] * boxes[:, 3], 0, None))
-    keep = side >= min_size_px
+    keep = (side >= min_size_px) & (scores >= min_score)  # MediaPipe's own threshold lets some just below pass
     boxes, scores, side = boxes[keep], scores[keep], side[keep]
     scale, shift = HAAR_FROM_MEDIAPIPE
     centre = boxes[:, :2] + boxes[:, 2:] / 2 + np.c_[np.zeros_like(side), shift * side]
