@@ -78,16 +78,19 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import json
-
     from mofa.config import load_config, select_device
     from mofa.evaluation.aflw2000 import benchmark_folder
     from mofa.facemodel import build_face_model
-    from mofa.training.runs import ENCODER_CARD, load_encoder, training_decoder
+    from mofa.training.runs import ENCODER_CARD, load_encoder, read_card, training_decoder
 
-    card_path = Path(args.checkpoint).with_name(ENCODER_CARD)
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    for out in (args.out, args.landmarks_out):  # before the evaluation, not after it
+        if out is not None:
+            check_output_file(out)
+    card = read_card(Path(args.checkpoint).with_name(ENCODER_CARD))
     if args.config is None and card:  # the preset, face model and camera the encoder was trained with
+        if "preset" not in card:
+            raise MofaError(f"{Path(args.checkpoint).with_name(ENCODER_CARD)}: encoder card without preset; "
+                            "pass --config")
         cfg = load_config(card["preset"], {k: card[k] for k in ("face_model", "camera", "light") if k in card}
                           | {"training.rotation_bound_deg": card.get("rotation_bound_deg")})
     else:
@@ -105,29 +108,57 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"{encoder_name} encoder from {args.checkpoint} (input {input_size} px) on {args.root}:")
     print(result.report())
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        result.table_frame().to_csv(args.out, index=False, float_format="%.6g")
+        write_csv_atomic(result.table_frame(), args.out, float_format="%.6g")
         print(f"wrote {args.out}")
     if args.landmarks_out:
         write_landmarks_csv(result.per_image, args.landmarks_out)
         print(f"wrote {args.landmarks_out} ({len(result.per_image)} images)")
 
 
+def check_output_file(path: Path) -> None:
+    """A MofaError unless `path` can be written as a file: its folder created and writable, and
+    `path` itself not a folder. Checked before long work, so that the work is not lost."""
+    from mofa.config import writable_folder
+    if path.is_dir():
+        raise MofaError(f"{path}: is a folder; give a file name")
+    writable_folder(path.parent)
+
+
+def write_csv_atomic(frame, path: Path, **to_csv) -> None:
+    """frame.to_csv into a temporary file beside `path`, then renamed: no partial file under its name;
+    an OSError (full disk, ...) as a MofaError naming it."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            frame.to_csv(fh, index=False, **to_csv)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise MofaError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def write_landmarks_csv(per_image, path: Path) -> None:
     """Each scored image's predicted 68 points in original-image px as CSV (name, x0..x67, y0..y67),
     written atomically: to score them against another annotation (e.g. 3DDFA's re-annotated landmarks)."""
-    import os
-
     import pandas as pd
 
     points = per_image.attrs["pred_image_px"]  # (B, 68, 2)
     columns = {"name": [str(i).rsplit("/", 1)[-1] for i in per_image["id"]]}
     columns |= {f"x{k}": points[:, k, 0] for k in range(points.shape[1])}
     columns |= {f"y{k}": points[:, k, 1] for k in range(points.shape[1])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(columns).to_csv(tmp, index=False, float_format="%.3f")
-    os.replace(tmp, path)
+    write_csv_atomic(pd.DataFrame(columns), path, float_format="%.3f")
+
+
+def cmd_detection_rate(args: argparse.Namespace) -> int:
+    from mofa.realdata.detection_rate import run
+    return run(args)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -198,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="also write the table as CSV here")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("detection-rate", help="how often each face detector finds the annotated face (AFLW2000, ibug68)")
+    from mofa.realdata.detection_rate import add_arguments
+    add_arguments(p)
+    p.set_defaults(func=cmd_detection_rate)
+
     p = sub.add_parser("report", help="print the scorecard of the paper's findings, then the main results table")
     p.add_argument("--preset", default="default", help="preset name (ci, default, paper) or YAML file")
     p.set_defaults(func=cmd_report)
@@ -212,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         status = args.func(args)
     except MofaError as exc:
         print(f"mofa: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an I/O problem no step turned into a MofaError: still one line naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mofa: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mofa: interrupted", file=sys.stderr)

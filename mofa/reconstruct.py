@@ -1,8 +1,11 @@
 """Reconstruct faces from photos with a trained encoder: detect, crop, encode, decode, write.
 
-Per face: <stem>_face<k>.ply and .obj (posed mesh in camera-space mm with shaded vertex colours,
-written with Open3D), <stem>_face<k>_overlay.png (crop | reconstruction over it | shaded geometry)
-and <stem>_face<k>.json (the code by part, the face box, the crop transform, the checkpoint).
+Faces are found with MediaPipe's BlazeFace (mofa.realdata.detect.detect_faces_mediapipe), one box
+per face. Per face: <stem>_face<k>.ply and .obj (posed mesh in camera-space mm with shaded vertex
+colours, written with Open3D and read back to check it is whole), <stem>_face<k>_overlay.png (crop |
+reconstruction over it | shaded geometry) and <stem>_face<k>.json (the code by part, the face box, the
+crop transform, the checkpoint). A photo's files are written under their own names into a private
+folder beside the outputs, then renamed into place: a failure leaves none of that photo's files.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +27,6 @@ import torch
 from mofa.errors import MofaError
 
 log = logging.getLogger(__name__)
-MIN_RELATIVE_FACE_SIZE = 0.5
 CROP_MARGIN = 0.4  # the margin of mofa.realdata.prepare: faces the size the encoders were trained on
 # E3's table, whose best variant on the AFLW2000 eval split `mofa reconstruct` uses by default.
 E3_TABLE = Path("tables") / "e3_variants.csv"
@@ -84,23 +87,31 @@ CARD_KEYS = ("encoder", "code_layout", "input_size", "rotation_bound_deg", "face
 
 def read_encoder_card(path: Path) -> dict:
     """The encoder.json beside a checkpoint; a MofaError naming it when it is not JSON or lacks a key."""
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MofaError(f"{path}: not a readable encoder card ({exc})") from None
-    missing = [key for key in CARD_KEYS if not isinstance(card, dict) or key not in card]
+    from mofa.training.runs import read_card
+    card = read_card(path)
+    missing = [key for key in CARD_KEYS if key not in card]
     if missing:
         raise MofaError(f"{path}: encoder card without {', '.join(missing)}; write it with the trainer "
                         "(mofa.training.runs.write_encoder_card)")
     return card
 
 
-def default_checkpoint(results_root: str | Path = "results/default") -> Path:
+def project_results() -> Path:
+    """The default preset's results folder of this checkout (results_dir from the repository root when
+    relative, as `make reproduce` runs there), wherever the command is run from."""
+    from mofa.config import REPO_ROOT, load_config, results_dir
+    folder = results_dir(load_config("default")).expanduser()
+    return folder if folder.is_absolute() else REPO_ROOT / folder
+
+
+def default_checkpoint(results_root: str | Path | None = None) -> Path:
     """The encoder `make reproduce` trained that did best on the AFLW2000 eval split: the E3 variant
-    with the lowest mean 68-point NME over the yaw bins (tables/e3_variants.csv)."""
+    with the lowest mean 68-point NME over the yaw bins (tables/e3_variants.csv); results_root: the
+    results folder of the default preset (None: project_results())."""
     import pandas as pd
 
-    table_path = Path(results_root) / E3_TABLE
+    results_root = project_results() if results_root is None else Path(results_root)
+    table_path = results_root / E3_TABLE
     if not table_path.is_file():
         raise MofaError(f"{table_path}: not found, so there is no trained encoder to choose: run `make reproduce` "
                         "first, or pass --checkpoint")
@@ -111,7 +122,7 @@ def default_checkpoint(results_root: str | Path = "results/default") -> Path:
     except Exception as exc:  # noqa: BLE001 - any unreadable table is the same user problem
         raise MofaError(f"{table_path}: unreadable E3 table ({type(exc).__name__}: {exc}); pass --checkpoint") from None
     run = f"e3_{best['encoder']}_{'land' if best['landmark_loss'] == 'yes' else 'noland'}"
-    path = Path(results_root) / "runs" / run / "encoder.pt"
+    path = results_root / "runs" / run / "encoder.pt"
     if not path.is_file():
         raise MofaError(f"{path}: the best E3 variant's weights ({best['variant']}, {best['nme_mean_pct']:.1f} % NME) "
                         "are missing: rerun `make reproduce`, or pass --checkpoint")
@@ -130,51 +141,61 @@ def read_photo(path: Path) -> np.ndarray:
         raise MofaError(f"{path}: {exc}") from None
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) and rename into place, so a failure leaves no partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.stem, suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` and flush it to the disk, so that a full disk fails here (OSError)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), rgb[..., ::-1]):
-        raise MofaError(f"{path}: OpenCV could not write the PNG")
+    ok, data = cv2.imencode(".png", rgb[..., ::-1])
+    if not ok:
+        raise MofaError(f"{path}: OpenCV could not encode the PNG")
+    write_bytes(path, data.tobytes())
 
 
 def _write_mesh(path: Path, vertices: np.ndarray, triangles: np.ndarray, colours: np.ndarray) -> None:
+    """Write a mesh with Open3D and read it back: Open3D reports success on a full disk with the file
+    cut short, so a file that does not read back whole is a MofaError."""
     import open3d as o3d
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
     mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices.astype(np.float64)),
                                      o3d.utility.Vector3iVector(triangles.astype(np.int32)))
     mesh.vertex_colors = o3d.utility.Vector3dVector(np.clip(colours, 0, 1).astype(np.float64))
     mesh.compute_vertex_normals()
+    ok = o3d.io.write_triangle_mesh(str(path), mesh, write_vertex_colors=True)
+    if ok and path.is_file():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+        back = o3d.io.read_triangle_mesh(str(path))
+        ok = len(back.vertices) == len(vertices) and len(back.triangles) == len(triangles) and back.has_vertex_colors()
+    if not ok:
+        raise MofaError(f"{path}: Open3D could not write the mesh whole (is the disk full?)")
 
-    def write(tmp: Path) -> None:
-        if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_vertex_colors=True):
-            raise MofaError(f"{path}: Open3D could not write the mesh")
-    _atomic_write(path, write)
+
+def _write(path: Path, writer: Callable[[Path], None]) -> None:
+    """writer(path), any OSError as a MofaError naming the file."""
+    try:
+        writer(path)
+    except OSError as exc:
+        raise MofaError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path) -> list[Path]:
     """Reconstruct every face found in one photo; returns the files written. MofaError when the
     photo is unreadable or holds no face."""
-    from mofa.realdata.detect import CropWindow, detect_faces
+    from mofa.realdata.detect import CropWindow, detect_faces_mediapipe
     from mofa.render.raycast import render, shaded_geometry_colours
     from mofa.training.trainer import predict_codes
 
     photo, out_dir = Path(photo), Path(out_dir)
     rgb = read_photo(photo)
-    boxes = detect_faces(rgb)
-    # Haar cascades fire on small textures too: keep faces at least half as wide as the largest
-    boxes = boxes[boxes[:, 2] >= MIN_RELATIVE_FACE_SIZE * boxes[:, 2].max()] if len(boxes) else boxes
+    boxes, _ = detect_faces_mediapipe(rgb)
+    boxes = boxes[np.argsort(-boxes[:, 2] * boxes[:, 3], kind="stable")]  # face0 the largest
     if len(boxes) == 0:
-        raise MofaError(f"{photo}: no face found (OpenCV Haar cascade); try a larger, frontal, well-lit face")
+        raise MofaError(f"{photo}: no face found (MediaPipe BlazeFace); try a larger, well-lit face")
     if len(boxes) > 1:
         log.warning("%s: %d faces found; reconstructing each (face0 is the largest)", photo, len(boxes))
     size = rec.decoder.camera.image_size
@@ -184,29 +205,34 @@ def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path
     codes = predict_codes(rec.encoder, images, rec.input_size)
     with torch.no_grad():
         mesh = rec.mesh_decoder(codes)
+    # each file under its final name (the .obj names its object after the file) in a private folder
+    # beside the outputs (the same filesystem), then renamed into place: a failure leaves nothing
     written = []
-    # stage into a private folder, then move: a failure half-way leaves no partial outputs
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{photo.stem}."))
+    try:
+        staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{photo.stem}."))
+    except OSError as exc:
+        raise MofaError(f"{out_dir}: cannot write there ({exc.strerror})") from None
     try:
         for k, (window, box) in enumerate(zip(windows, boxes)):
             stem = f"{photo.stem}_face{k}"
             verts, cols = mesh.vertices[k].numpy(), mesh.colours[k].clamp(0, 1).numpy()
             tris = rec.mesh_decoder.triangles.numpy()
             for suffix in (".ply", ".obj"):
-                _write_mesh(staging / f"{stem}{suffix}", verts, tris, cols)
+                _write(staging / f"{stem}{suffix}", lambda path: _write_mesh(path, verts, tris, cols))
             crop = crops[k].astype(np.float32) / 255.0
             overlay = render(verts, tris, cols, rec.decoder.camera, crop, cull_back_faces=True).image
             grey = render(verts, tris, shaded_geometry_colours(mesh.normals[k].numpy()), rec.decoder.camera,
                           np.ones_like(crop), cull_back_faces=True).image
             panel = (np.clip(np.concatenate([crop, overlay, grey], 1), 0, 1) * 255).round().astype(np.uint8)
-            _atomic_write(staging / f"{stem}_overlay.png", lambda tmp, p=panel: _write_png(tmp, p))
+            _write(staging / f"{stem}_overlay.png", lambda path: _write_png(path, panel))
             parts = rec.decoder.layout.split(codes[k:k + 1])
             params = {"photo": str(photo), "face_index": k, "face_box_xywh": [float(v) for v in box],
                       "crop_from_image": window.transform.tolist(), "checkpoint": str(rec.checkpoint),
                       "units": {"rotation": "radians (pitch, yaw, roll)",
                                 "translation": f"{rec.decoder.camera.translation_scale_mm} mm per unit"},
                       "code": {name: part[0].tolist() for name, part in parts._asdict().items()}}
-            _atomic_write(staging / f"{stem}.json", lambda tmp, p=params: tmp.write_text(json.dumps(p, indent=2)))
+            text = json.dumps(params, indent=2).encode()
+            _write(staging / f"{stem}.json", lambda path: write_bytes(path, text))
         for path in sorted(staging.iterdir()):
             target = out_dir / path.name
             os.replace(path, target)

@@ -13,6 +13,15 @@ from mofa.facemodel.model import FORMAT_VERSION, FaceModel
 log = logging.getLogger(__name__)
 
 MODEL_KEYS = ("name", "n_shape", "n_expression", "n_reflectance", "face_region")
+CACHE_ENV_VAR = "MOFA_CACHE_DIR"
+
+
+def cache_dir(fm: dict) -> Path:
+    """The face-model cache folder: $MOFA_CACHE_DIR when set, else face_model.cache_dir, a relative
+    one taken from the repository root (where results/ lies), never from the working directory."""
+    from mofa.config import REPO_ROOT
+    folder = Path(os.environ.get(CACHE_ENV_VAR) or fm["cache_dir"]).expanduser()
+    return folder if folder.is_absolute() else REPO_ROOT / folder
 
 
 def _source_paths(fm: dict) -> list[str]:
@@ -35,7 +44,7 @@ def cache_path(cfg: dict) -> Path:
     if fm["name"] != "ict":  # user files: their identity is their path, size and time
         key["files"] = [(p, os.stat(p).st_size, int(os.stat(p).st_mtime)) for p in _source_paths(fm) if os.path.exists(p)]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(fm["cache_dir"]) / f"{fm['name']}-{digest}.npz"
+    return cache_dir(fm) / f"{fm['name']}-{digest}.npz"
 
 
 def load_from_config(cfg: dict) -> FaceModel:
@@ -45,7 +54,7 @@ def load_from_config(cfg: dict) -> FaceModel:
     if fm["name"] == "ict":
         from mofa.facemodel.download import resolve_ict_dir
         from mofa.facemodel.ict import load_ict
-        return load_ict(resolve_ict_dir(fm.get("path"), fm["cache_dir"]), face_region=fm["face_region"], **counts)
+        return load_ict(resolve_ict_dir(fm.get("path"), cache_dir(fm)), face_region=fm["face_region"], **counts)
     if not fm.get("path"):
         raise MofaError(f"face_model.path: the {fm['name']} model file is needed (it cannot be redistributed)")
     from mofa.facemodel import bfm
@@ -66,9 +75,13 @@ def build_face_model(cfg: dict, rebuild: bool = False) -> FaceModel:
         return FaceModel.load(path)
     log.info("face model: building %s (first time; cached afterwards)", cfg["face_model"]["name"])
     model = load_from_config(cfg)
-    model.save(path)
+    try:
+        model.save(path)
+    except OSError as exc:
+        raise MofaError(f"{path}: cannot write the face-model cache ({exc.strerror}); set {CACHE_ENV_VAR} "
+                        "to a writable folder") from None
     log.info("face model: wrote %s", path)
     return model
 
 
-__all__ = ["FaceModel", "build_face_model", "cache_path", "load_from_config"]
+__all__ = ["CACHE_ENV_VAR", "FaceModel", "build_face_model", "cache_dir", "cache_path", "load_from_config"]

@@ -15,6 +15,7 @@ Layouts read (a missing root or an empty one is a MofaError naming the folder):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,8 @@ from mofa.errors import MofaError
 from mofa.landmarks import N_LANDMARKS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+
+log = logging.getLogger(__name__)
 
 ENV_VARS: dict[str, str] = {"aflw2000": "MOFA_AFLW2000_DIR", "ibug68": "MOFA_IBUG68_DIR"}
 """The environment variables that name the embedded real-face folders (DESIGN.md section 3)."""
@@ -43,6 +46,8 @@ class Sample:
     picks among several detections; split_key: what the train/eval hash uses (default: id; a video
     clip or a person, so that near-duplicates stay on one side); dataset_split: the corpus' own
     partition where it has one (CelebA: train, val, test), recorded in the manifest.
+    problem: why the sample's annotation could not be read (a malformed `.mat` or `.pts`): the
+    preparation drops it with this reason and goes on with the others.
     """
     id: str
     image_path: Path
@@ -53,6 +58,7 @@ class Sample:
     hint_box: tuple[float, float, float, float] | None = None
     split_key: str | None = None
     dataset_split: str | None = None
+    problem: str | None = None
 
     def __post_init__(self):
         if self.gt_landmarks is not None:
@@ -130,10 +136,21 @@ def iter_aflw2000(root: str | Path) -> Iterator[Sample]:
             mat = loadmat(mat_path, variable_names=("pt3d_68", "Pose_Para"))
             points = np.asarray(mat["pt3d_68"], dtype=np.float64)[:2].T
             yaw = float(np.degrees(np.asarray(mat["Pose_Para"], dtype=np.float64).ravel()[1]))
-        except (KeyError, ValueError, OSError, TypeError) as e:
-            raise MofaError(f"{mat_path}: not an AFLW2000-3D annotation (need pt3d_68 3x68 and Pose_Para): {e}") from None
+            if points.shape != (N_LANDMARKS, 2) or not np.isfinite(points).all() or not np.isfinite(yaw):
+                raise ValueError(f"pt3d_68 of shape {np.asarray(mat['pt3d_68']).shape} or a non-finite value")
+        except Exception as e:  # noqa: BLE001 - scipy raises many types for a malformed file
+            detail = " ".join(str(e).split())[:200] or type(e).__name__
+            yield _unreadable(f"aflw2000/{image.stem}", image, "aflw2000",
+                              f"{mat_path}: not an AFLW2000-3D annotation (need pt3d_68 3x68 and Pose_Para): {detail}")
+            continue
         yield Sample(id=f"aflw2000/{image.stem}", image_path=image, source="aflw2000",
                      gt_landmarks=points, yaw_deg=yaw)
+
+
+def _unreadable(sample_id: str, image: Path, source: str, problem: str) -> Sample:
+    """A sample whose annotation is malformed: logged, and dropped by the preparation with `problem`."""
+    log.warning("skipping %s", problem)
+    return Sample(id=sample_id, image_path=image, source=source, problem=problem)
 
 
 def iter_ibug68(root: str | Path) -> Iterator[Sample]:
@@ -144,11 +161,15 @@ def iter_ibug68(root: str | Path) -> Iterator[Sample]:
         images = sorted(p for p in pts.parent.glob(pts.stem + ".*") if _is_image(p))
         if not images:
             continue
-        points = read_pts(pts)
-        if len(points) != N_LANDMARKS:
-            raise MofaError(f"{pts}: {len(points)} points, expected the 68 of the iBUG scheme")
         found = True
         name = pts.relative_to(root).with_suffix("").as_posix()
+        try:
+            points = read_pts(pts)
+            if len(points) != N_LANDMARKS:
+                raise MofaError(f"{pts}: {len(points)} points, expected the 68 of the iBUG scheme")
+        except MofaError as e:
+            yield _unreadable(f"ibug68/{name}", images[0], "ibug68", str(e))
+            continue
         yield Sample(id=f"ibug68/{name}", image_path=images[0], source="ibug68", gt_landmarks=points)
     if not found:
         raise _nothing_found(root, "ibug68", "image files with a sibling 300-W .pts file of 68 points")

@@ -199,6 +199,8 @@ def _prepare_one(sample: Sample, reader: FrameReader, landmarker: MediaPipeLandm
     def drop(reason: str, detail: str) -> None:
         row.update(reason=reason, detail=detail)
 
+    if sample.problem:
+        return drop(UNREADABLE, sample.problem)
     try:
         rgb = reader.read(sample.image_path, sample.frame_index)
     except UnreadableImage as e:

@@ -117,6 +117,22 @@ def write_encoder_card(run_dir: Path, cfg: Mapping, encoder_name: str, decoder: 
     return path
 
 
+def read_card(path: Path) -> dict:
+    """The encoder.json at `path` as a mapping ({} when there is none); a MofaError naming it when it
+    cannot be read or is not a JSON object."""
+    from mofa.errors import MofaError
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MofaError(f"{path}: not a readable encoder card ({exc})") from None
+    if not isinstance(card, dict):
+        raise MofaError(f"{path}: not a readable encoder card (a JSON {type(card).__name__}, expected an object)")
+    return card
+
+
 def load_encoder(cfg: Mapping, name: str, decoder: Decoder, path: str | Path) -> tuple[torch.nn.Module, int | None]:
     """A trained encoder from `path`: the final weights of a run (encoder.pt, a state dict) or a
     trainer checkpoint (checkpoint.pt). Returns (encoder in eval mode, the input size it was trained
@@ -128,7 +144,7 @@ def load_encoder(cfg: Mapping, name: str, decoder: Decoder, path: str | Path) ->
     if not path.is_file():
         raise MofaError(f"{path}: no such checkpoint file")
     state = load_checkpoint(path)
-    card = json.loads((path.parent / ENCODER_CARD).read_text()) if (path.parent / ENCODER_CARD).is_file() else {}
+    card = read_card(path.parent / ENCODER_CARD)
     settings = card or None
     if isinstance(state, dict) and "encoder" in state and "settings" in state:
         state, settings = state["encoder"], state["settings"]

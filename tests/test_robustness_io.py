@@ -1,0 +1,392 @@
+"""Where users meet the tool (issue 22): `mofa reconstruct` and `mofa evaluate` on bad cards, malformed
+annotations, blocked or read-only paths and a full disk. Each case gets one line naming the file and
+the problem, never a traceback, and leaves no partial file; a bad item in a batch is skipped and the
+rest go on. A full disk is a small tmpfs where this process can mount one (root), else an injected
+ENOSPC. Also: the face detector of `mofa reconstruct` on the ibug68 photos, the paths that do not
+depend on the working directory, and byte-identical outputs."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mofa.cli import main
+from mofa.config import REPO_ROOT, load_config
+from mofa.errors import MofaError
+from mofa.facemodel import build_face_model
+from mofa.training.runs import make_encoder, training_decoder, write_encoder_card
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
+
+
+def mofa(*args: str, env: dict | None = None, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mofa.cli", *args], capture_output=True, text=True, timeout=300,
+                          env=env or ENV, cwd=cwd)
+
+
+def run(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`mofa ARGS` in this process (the console script's main): its exit code, stdout and stderr."""
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["mofa", *args], code, captured.out, captured.err)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the start-up chatter of MediaPipe's C++ side (absl / TF Lite lines)."""
+    noise = ("WARNING: All log messages before absl", "INFO: Created TensorFlow", "W0000 ", "I0000 ", "E0000 ",
+             "UserWarning: SymbolDatabase", "warnings.warn(")
+    return [line for line in stderr.strip().splitlines() if line.strip() and not line.lstrip().startswith(noise)
+            and "GetPrototype" not in line]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *names) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden staging folders or temporary files anywhere under `folder`."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.name.startswith(".") or p.suffix in (".tmp", ".partial") or ".partial" in p.name)
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str, read_only: bool = False):
+    """A tmpfs of `size` mounted at `where` (made), yielded as True; False where this process cannot
+    mount one (not root, no CAP_SYS_ADMIN), so that the test injects the failure instead."""
+    where.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = shutil.which("mount") is not None and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def cache(ict_dir, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cache")
+    build_face_model(load_config("ci", {"face_model.cache_dir": str(folder)}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(cache, tmp_path_factory) -> Path:
+    """Weights of a fresh AlexNet encoder for the ci face model, with its encoder.json."""
+    root = tmp_path_factory.mktemp("run")
+    cfg = load_config("ci", {"face_model.cache_dir": str(cache)})
+    decoder = training_decoder(cfg, build_face_model(cfg))
+    encoder = make_encoder(cfg, "alexnet", decoder)
+    torch.save(encoder.state_dict(), root / "encoder.pt")
+    write_encoder_card(root, cfg, "alexnet", decoder, encoder)
+    return root / "encoder.pt"
+
+
+def ibug_folder() -> Path:
+    folder = os.environ.get("MOFA_IBUG68_DIR")
+    if not folder:
+        pytest.fail("MOFA_IBUG68_DIR is not set: point it at the 300-W style photos (here ../shared/real-faces/ibug68)")
+    return Path(folder)
+
+
+@pytest.fixture
+def photos(tmp_path) -> list[Path]:
+    """Two one-face photos of ibug68, copied."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("lfpw_image_0001.png", "lfpw_image_0002.png"):
+        shutil.copy(ibug_folder() / name, folder / name)
+    return sorted(folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def aflw_folder(aflw_dir, tmp_path_factory) -> Path:
+    """Three AFLW2000-3D images (symlinked) in a folder of their own."""
+    folder = tmp_path_factory.mktemp("aflw")
+    for image in sorted(Path(aflw_dir).glob("image*.jpg"))[:3]:
+        for suffix in (".jpg", ".mat"):
+            (folder / image.with_suffix(suffix).name).symlink_to(image.with_suffix(suffix))
+    return folder
+
+
+# -- the face detector ---------------------------------------------------------------------------------
+
+def test_suppress_duplicates_keeps_one_box_per_face():
+    from mofa.realdata.detect import suppress_duplicates
+    boxes = np.array([[0, 0, 100, 100], [10, 10, 100, 100], [20, 20, 30, 30], [300, 0, 80, 80], [0, 0, 100, 100.0]])
+    scores = np.array([0.9, 0.8, 0.95, 0.7, 0.5])
+    kept, kept_scores = suppress_duplicates(boxes, scores)
+    # the nested 30 px box has the best score, so it stays and the boxes it lies in go; the far one stays
+    np.testing.assert_array_equal(kept, boxes[[2, 3]])
+    np.testing.assert_array_equal(kept_scores, [0.95, 0.7])
+    kept, _ = suppress_duplicates(boxes[[0, 1, 3]])  # no scores: largest first; IoU 0.68 -> one of the two
+    np.testing.assert_array_equal(kept, boxes[[0, 3]])
+
+
+def test_detector_finds_every_annotated_ibug68_face_once():
+    """The 19 ibug68 photos, Einstein included: one box on the annotated face, no second box on it,
+    and no box on top of another (the duplicates suppressed)."""
+    from mofa.realdata.adapters import iter_ibug68
+    from mofa.realdata.detect import box_iou, detect_faces_mediapipe
+    from mofa.realdata.detection_rate import matches
+    from mofa.realdata.images import FrameReader
+
+    samples = list(iter_ibug68(ibug_folder()))
+    assert len(samples) == 19
+    missed, doubled, overlapping = [], [], []
+    with FrameReader() as reader:
+        for sample in samples:
+            boxes, scores = detect_faces_mediapipe(reader.read(sample.image_path))
+            on_face = int(matches(boxes, sample.hint_box).sum())
+            (missed if on_face == 0 else doubled if on_face > 1 else []).append(sample.id)
+            overlapping += [sample.id for k in range(len(boxes)) if (box_iou(boxes[k + 1:], boxes[k]) > 0.3).any()]
+    assert not missed and not doubled and not overlapping, (missed, doubled, overlapping)
+
+
+def test_reconstruct_finds_einstein_and_writes_identical_files_twice(checkpoint, tmp_path):
+    """Haar misses Einstein's face; the default detector finds it. Two runs give byte-identical files
+    (the .obj header names its object after the final file, not a temporary one)."""
+    photo = ibug_folder() / "einstein.jpg"
+    for out in ("a", "b"):
+        assert main(["reconstruct", str(photo), "--out", str(tmp_path / out), "--checkpoint", str(checkpoint)]) == 0
+    first = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    second = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    assert "einstein_face0.obj" in first and first.keys() == second.keys()
+    assert [n for n in first if first[n] != second[n]] == []
+    assert b"# object name: einstein_face0\n" in first["einstein_face0.obj"]
+    from mofa.realdata.adapters import iter_ibug68
+    from mofa.realdata.detection_rate import matches
+    einstein = next(s for s in iter_ibug68(ibug_folder()) if s.image_path.name == "einstein.jpg")
+    boxes = np.array([json.loads(data)["face_box_xywh"] for name, data in sorted(first.items()) if name.endswith(".json")])
+    assert matches(boxes, einstein.hint_box).tolist() == [True] + [False] * (len(boxes) - 1), boxes  # face0: the largest
+
+
+# -- paths that do not depend on the working directory --------------------------------------------------
+
+def test_cache_and_default_checkpoint_resolve_from_the_project(tmp_path, monkeypatch, capsys):
+    from mofa.facemodel import CACHE_ENV_VAR, cache_path
+    from mofa.reconstruct import project_results
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(CACHE_ENV_VAR, raising=False)
+    cfg = load_config("ci")
+    assert cache_path(cfg).parent == REPO_ROOT / "results" / "cache"
+    assert project_results() == REPO_ROOT / "results" / "default"
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "elsewhere"))
+    assert cache_path(cfg).parent == tmp_path / "elsewhere"
+
+    # from another folder, `mofa reconstruct` without --checkpoint looks in the project's results
+    result = run(capsys, "reconstruct", "x.png", "--out", str(tmp_path / "out"))
+    table = REPO_ROOT / "results" / "default" / "tables" / "e3_variants.csv"
+    if table.is_file():  # `make reproduce` has run in this checkout: it must not be asked for
+        assert "run `make reproduce` first" not in result.stderr, result.stderr
+    else:
+        assert "run `make reproduce` first" in assert_one_line_error(result, table)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "out"] or \
+        sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_reconstruct_from_a_read_only_working_directory(checkpoint, cache, photos, tmp_path, monkeypatch, capsys):
+    """Outputs given as an absolute path work from a read-only folder (the cache from MOFA_CACHE_DIR,
+    nothing under ./results/cache); a relative --out there is one line."""
+    here = tmp_path / "read-only"
+    monkeypatch.setenv("MOFA_CACHE_DIR", str(cache))
+    with tmpfs(here, "1m", read_only=True) as mounted:
+        if not mounted:  # no mount here: an empty folder must stay empty
+            here.mkdir(exist_ok=True)
+        monkeypatch.chdir(here)
+        result = run(capsys, "reconstruct", str(photos[0]), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint))
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "out" / f"{photos[0].stem}_face0.json").is_file()
+        assert list(here.iterdir()) == []
+        if mounted:
+            line = assert_one_line_error(run(capsys, "reconstruct", str(photos[0]), "--out", "recon", "--checkpoint",
+                                             str(checkpoint)), "recon")
+            assert "cannot write there (Read-only file system)" in line
+        monkeypatch.chdir(tmp_path)
+
+
+# -- a full disk ----------------------------------------------------------------------------------------
+
+def test_full_disk_fails_the_photo_with_one_line_and_the_batch_goes_on(checkpoint, photos, tmp_path, capsys):
+    """--out on a tmpfs that holds the first photo's files and not the second's: the first is written
+    whole, the second fails with one line (Open3D's writer says nothing about a full disk: the mesh
+    is read back), nothing partial is left, and the third photo is still tried."""
+    reference = tmp_path / "reference"
+    assert main(["reconstruct", str(photos[0]), "--out", str(reference), "--checkpoint", str(checkpoint)]) == 0
+    one_photo = sum(p.stat().st_size for p in reference.iterdir())
+    pages = (one_photo + one_photo // 2) // 4096 + 8
+    small = tmp_path / "small"
+    batch = [str(photos[0]), str(photos[1]), str(photos[1])]
+    with tmpfs(small, f"{pages * 4096}") as mounted:
+        if not mounted:
+            pytest.fail("this test needs a tmpfs (run as root); test_full_disk_injected covers the rest")
+        result = run(capsys, "reconstruct", *batch, "--out", str(small), "--checkpoint", str(checkpoint))
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        errors = [line for line in error_lines(result.stderr) if line.startswith("mofa reconstruct: ")]
+        assert len(errors) == 2 and all(str(small) in line for line in errors), result.stderr
+        assert all("No space left on device" in line or "could not write the mesh whole" in line for line in errors)
+        assert result.stdout.strip().endswith("2 photos failed"), result.stdout
+        assert leftovers(small) == []
+        written = {p.name: p.read_bytes() for p in small.iterdir()}
+        assert written == {p.name: p.read_bytes() for p in reference.iterdir()}  # the first photo, whole
+
+
+def test_full_disk_injected_json_write_fails_that_photo_only(checkpoint, photos, tmp_path, monkeypatch, capsys):
+    """ENOSPC injected into the first photo's JSON write: that photo fails with one line naming the
+    file, none of its files are left (not even its meshes), and the next photo is written."""
+    import mofa.reconstruct as rec
+
+    real = rec.write_bytes
+
+    def full_for_the_first(path: Path, data: bytes) -> None:
+        if path.suffix == ".json" and path.name.startswith(photos[0].stem):
+            with open(path, "wb") as fh:
+                fh.write(data[: len(data) // 2])  # as a full disk: part written, then the error
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, data)
+
+    monkeypatch.setattr(rec, "write_bytes", full_for_the_first)
+    out = tmp_path / "out"
+    assert main(["reconstruct", *map(str, photos), "--out", str(out), "--checkpoint", str(checkpoint)]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mofa reconstruct: ")]
+    assert len(err) == 1 and f"{photos[0].stem}_face0.json: cannot write (No space left on device)" in err[0], err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{photos[1].stem}_face0{s}" for s in (".json", ".obj", ".ply", "_overlay.png"))
+
+
+def test_open3d_cut_short_on_a_full_disk_is_caught(tmp_path, monkeypatch):
+    """Open3D returns True with the mesh cut short on a full disk: the read-back check says so."""
+    import open3d as o3d
+
+    from mofa.reconstruct import _write, _write_mesh
+    vertices = np.random.default_rng(0).random((5000, 3))
+    triangles = np.stack([np.arange(4998), np.arange(1, 4999), np.arange(2, 5000)], 1)
+    target = tmp_path / "tiny"
+    with tmpfs(target, "64k") as mounted:
+        if not mounted:  # inject it: Open3D writes, then the file is cut as a full disk would cut it
+            real = o3d.io.write_triangle_mesh
+
+            def cut_short(path, mesh, **kwargs):
+                ok = real(path, mesh, **kwargs)
+                with open(path, "r+b") as fh:
+                    fh.truncate(65536)
+                return ok
+            monkeypatch.setattr(o3d.io, "write_triangle_mesh", cut_short)
+        for suffix in (".ply", ".obj"):
+            path = target / f"mesh{suffix}"
+            with pytest.raises(MofaError, match=f"mesh{suffix}: Open3D could not write the mesh whole"):
+                _write(path, lambda p: _write_mesh(p, vertices, triangles, vertices))
+            path.unlink(missing_ok=True)
+
+
+# -- mofa evaluate ----------------------------------------------------------------------------------------
+
+def test_evaluate_with_a_corrupt_encoder_card(checkpoint, aflw_folder, tmp_path, capsys):
+    shutil.copy(checkpoint, tmp_path / "encoder.pt")
+    (tmp_path / "encoder.json").write_text('{"encoder": "alexnet", ')
+    out = tmp_path / "nme.csv"
+    line = assert_one_line_error(run(capsys, "evaluate", "aflw2000", "--root", str(aflw_folder), "--checkpoint",
+                                      str(tmp_path / "encoder.pt"), "--out", str(out)), tmp_path / "encoder.json")
+    assert "not a readable encoder card" in line
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_evaluate_out_under_a_regular_file_fails_before_the_evaluation(checkpoint, aflw_folder, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run(capsys, "evaluate", "aflw2000", "--root", str(aflw_folder), "--checkpoint", str(checkpoint),
+                  "--out", str(blocker / "nme.csv"))
+    assert "cannot write there" in assert_one_line_error(result, blocker)
+    assert "AFLW2000-3D NME" not in result.stdout  # stopped before the evaluation, not after it
+    assert blocker.read_text() == "not a folder"
+    line = assert_one_line_error(run(capsys, "evaluate", "aflw2000", "--root", str(aflw_folder), "--checkpoint", str(checkpoint),
+                                      "--out", str(tmp_path)), tmp_path)
+    assert "is a folder" in line
+
+
+def test_evaluate_with_a_malformed_yaml_config(checkpoint, aflw_folder, tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text("preset: ci\nreal_data: [margin: 0.4\n")
+    line = assert_one_line_error(run(capsys, "evaluate", "aflw2000", "--root", str(aflw_folder), "--checkpoint", str(checkpoint),
+                                      "--config", str(config)), config)
+    assert "not valid YAML" in line
+
+
+def test_a_malformed_mat_is_skipped_with_its_reason_and_the_benchmark_goes_on(checkpoint, aflw_folder, tmp_path):
+    folder = tmp_path / "aflw"
+    shutil.copytree(aflw_folder, folder, symlinks=True)
+    bad = sorted(folder.glob("*.mat"))[1]
+    bad.unlink()
+    bad.write_bytes(b"MATLAB 5.0 MAT-file" + b"\x00" * 200)
+    out = tmp_path / "nme.csv"
+    result = mofa("evaluate", "aflw2000", "--root", str(folder), "--checkpoint", str(checkpoint),
+                  "--gt-box-fallback", "--out", str(out))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and str(bad) in lines[0] and "not an AFLW2000-3D annotation" in lines[0], result.stderr
+    assert "images: 3 read" in result.stdout and "unreadable: 1" in result.stdout, result.stdout
+    table = out.read_text().splitlines()
+    assert table[0] == "bin,nme,nme_percent,images" and table[-1].startswith("mean,")
+    assert int(table[-1].split(",")[-1]) >= 1  # the others were scored
+    assert leftovers(tmp_path) == []
+
+
+def test_a_malformed_pts_is_dropped_with_its_reason(tmp_path):
+    """ibug68: a broken .pts beside a good one; the preparation keeps the good one and records why
+    the other was dropped."""
+    from mofa.realdata.adapters import iter_ibug68
+    from mofa.realdata.prepare import prepare
+
+    folder = tmp_path / "ibug"
+    folder.mkdir()
+    for name in ("lfpw_image_0001", "lfpw_image_0002"):
+        for suffix in (".png", ".pts"):
+            shutil.copy(ibug_folder() / f"{name}{suffix}", folder / f"{name}{suffix}")
+    (folder / "lfpw_image_0002.pts").write_text("version: 1\nn_points: 68\n{\n1 2\nthree 4\n}\n")
+    summary = prepare(iter_ibug68(folder), tmp_path / "prepared", eval_fraction=0.0, progress=False)
+    assert summary["total"] == 2 and summary["kept"] == 1 and summary["dropped"]["unreadable"] == 1
+    manifest = (tmp_path / "prepared" / "manifest.csv").read_text()
+    assert "lfpw_image_0002.pts: a line inside '{ ... }' is not two numbers" in manifest
+    assert not (tmp_path / "prepared.partial").exists()
+
+
+def test_evaluate_table_on_a_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
+    """The CSV writer of `mofa evaluate` on a full tmpfs (else an injected ENOSPC): one MofaError naming
+    the file, no partial or temporary file left, an older file of that name kept as it was."""
+    import pandas as pd
+
+    from mofa.cli import write_csv_atomic
+    frame = pd.DataFrame({"x": np.arange(20000.0)})
+    target = tmp_path / "tiny"
+    with tmpfs(target, "16k") as mounted:
+        target.mkdir(exist_ok=True)
+        (target / "nme.csv").write_text("old\n")
+        if not mounted:
+            real = os.fsync
+
+            def full(fd):
+                real(fd)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(MofaError, match="nme.csv: cannot write \\(No space left on device\\)"):
+            write_csv_atomic(frame, target / "nme.csv")
+        assert (target / "nme.csv").read_text() == "old\n" and leftovers(target) == []
