@@ -339,11 +339,11 @@ def test_a_malformed_mat_is_skipped_with_its_reason_and_the_benchmark_goes_on(ch
     bad.write_bytes(b"MATLAB 5.0 MAT-file" + b"\x00" * 200)
     out = tmp_path / "nme.csv"
     result = mofa("evaluate", "aflw2000", "--root", str(folder), "--checkpoint", str(checkpoint),
-                  "--gt-box-fallback", "--out", str(out))
+                  "--out", str(out))
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and str(bad) in lines[0] and "not an AFLW2000-3D annotation" in lines[0], result.stderr
-    assert "images: 3 read" in result.stdout and "unreadable: 1" in result.stdout, result.stdout
+    assert "images: 3 in the folder, 2 scored" in result.stdout and "unreadable: 1" in result.stdout, result.stdout
     table = out.read_text().splitlines()
     assert table[0] == "bin,nme,nme_percent,images" and table[-1].startswith("mean,")
     assert int(table[-1].split(",")[-1]) >= 1  # the others were scored

@@ -94,7 +94,8 @@ class BenchmarkResult:
         lines = [f"AFLW2000-3D NME (68 landmarks, / sqrt(w h) of the ground-truth box), {len(self.per_image)} images scored",
                  self.table_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"),
                  f"images: {s.get('total', '?')} in the folder, {len(self.per_image)} scored (crop box: "
-                 f"{', '.join(f'{k} {v}' for k, v in s.get('box_source', {}).items()) or 'none'})"]
+                 f"{', '.join(f'{k} {v}' for k, v in s.get('box_source', {}).items()) or 'none'})"
+                 + (f", unreadable: {s['unreadable']}" if s.get("unreadable") else "")]
         outside = len(self.per_image) - sum(self.table[f"n_{name}"] for name in YAW_BINS)
         if outside:
             lines.append(f"{outside} scored images have no yaw label or no NME and are outside the bins")

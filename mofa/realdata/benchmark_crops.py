@@ -6,10 +6,12 @@ benchmark that drops its hardest images cannot sit beside published tables. Here
 around the Haar detection that overlaps its ground-truth landmark box, and where there is none, around
 a box made from the ground truth (as 3DDFA's AFLW2000-3D protocol crops from its roi boxes); the crop
 geometry is the preparation's (CropWindow.around, `margin`). An unreadable image or one without ground
-truth is an error naming the file, not a silent drop.
+truth (a malformed `.mat`, a file that does not decode) is skipped with its reason logged and counted
+in the summary: the one thing a benchmark cannot score.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import numpy as np
@@ -24,6 +26,7 @@ from mofa.realdata.detect import CropWindow, choose_face, detect_faces, image_to
 from mofa.realdata.images import FrameReader, UnreadableImage
 from mofa.realdata.prepare import gt_box
 
+log = logging.getLogger(__name__)
 MIN_HAAR_PX = 32  # the smallest Haar window searched (image px), the preparation's at its default min_face_px
 
 
@@ -38,18 +41,20 @@ class BenchmarkCrops:
         images = np.zeros((len(samples), image_size, image_size, 3), np.uint8)
         gt = np.zeros((len(samples), N_LANDMARKS, 2), np.float32)
         transforms = np.zeros((len(samples), 2, 3), np.float64)
-        rows, problems = [], []
+        rows, problems, keep = [], [], []
         with FrameReader() as reader:
             for i, sample in enumerate(tqdm(samples, desc="benchmark crops", unit="img", disable=not progress,
                                             leave=False)):
                 if sample.gt_landmarks is None:
-                    problems.append(f"{sample.image_path}: no ground-truth landmarks")
+                    problems.append(sample.problem or f"{sample.image_path}: no ground-truth landmarks")
                     continue
                 try:
                     rgb = reader.read(sample.image_path, sample.frame_index)
                 except UnreadableImage as exc:
                     problems.append(f"{sample.image_path}: {exc}")
+                    log.warning("skipping %s: %s", sample.image_path, exc)
                     continue
+                keep.append(i)
                 boxes = detect_faces(rgb, min_size_px=MIN_HAAR_PX)
                 chosen, iou = choose_face(boxes, sample.hint_box, min_iou)
                 box, source = (boxes[chosen], "haar") if chosen is not None else (gt_box(sample.gt_landmarks), "gt")
@@ -59,10 +64,12 @@ class BenchmarkCrops:
                 gt[i] = image_to_crop(sample.gt_landmarks, window.transform)
                 rows.append({"id": sample.id, "yaw_deg": np.nan if sample.yaw_deg is None else sample.yaw_deg,
                              "box_source": source, "box_iou": iou})
-        if problems:
-            raise MofaError(f"{problems[0]}; the benchmark scores every image, so it cannot go on"
-                            + (f" ({len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""))
-        self.images, self.gt_landmarks, self._transforms = images, gt, transforms
+        if not keep:
+            raise MofaError(f"none of the {len(samples)} images could be read"
+                            + (f" ({problems[0]}{f'; {len(problems) - 1} more' if len(problems) > 1 else ''})"
+                               if problems else ""))
+        self.images, self.gt_landmarks, self._transforms = images[keep], gt[keep], transforms[keep]
+        self.folder_images, self.problems = len(samples), problems
         self.manifest = pd.DataFrame(rows, columns=["id", "yaw_deg", "box_source", "box_iou"])
 
     def __len__(self) -> int:
@@ -78,8 +85,8 @@ class BenchmarkCrops:
 
     @property
     def summary(self) -> dict:
-        """Image count and crop boxes by source."""
-        return {"total": len(self), "scored": len(self),
+        """Image counts (the folder's, those scored, those unreadable) and crop boxes by source."""
+        return {"total": self.folder_images, "scored": len(self), "unreadable": len(self.problems),
                 "box_source": {k: int(v) for k, v in self.manifest.box_source.value_counts().items()}}
 
     def batch(self, indices, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
