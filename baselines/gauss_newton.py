@@ -22,9 +22,9 @@ Gauss-Newton fixed point is not a stationary point of E.) V and the weights are 
 linearisation. Every step is judged on the true energy (`energy`, which is mofa.losses.mofa_loss): a
 step is kept only if E falls, so the history is monotone.
 
-Jacobians, split at the mesh (`_vertex_rows`): per-vertex derivatives of `shade_and_project` (forward
-mode: 6 tangents, vertex and normal, and 6, the pose; the colour is linear in albedo and light, whose
-derivatives are written out), chained with the bases (d vertices / d shape, expression; d albedo /
+Jacobians, split at the mesh (`_vertex_rows`): per-vertex derivatives of `shade_and_project` in closed
+form (`local_derivatives`: the pinhole projection's, the SH basis' (`sh_basis_jacobian`), the pose's
+chained from those two; the colour is linear in albedo and light, whose derivatives are written out), chained with the bases (d vertices / d shape, expression; d albedo /
 d reflectance) and with d normals / d (shape, expression), the analytic derivative of the area-weighted
 normals over each vertex's one ring (`mesh_jacobian`; the basis gathered over the rings once per fit,
 `one_ring`). Each pass covers the whole batch: image b's outputs depend on code b only, so one shared
@@ -34,8 +34,8 @@ vertices alone (`screen_jacobian`), so with w_photo = 0 (landmarks alone, E4's o
 little. Bilinear sampling has no forward-mode rule in PyTorch, so dI/du (3 x 2 per vertex) comes from
 reverse mode through the same `mofa.losses.sample_image` the loss uses. `jacobian="jacfwd"` is the
 reference: torch.func for every piece (9 and 33 tangents, and one jvp of `vertex_normals` per basis
-vector), the same numbers to rounding (tests/test_baselines.py) and 4-5x slower per linearisation at the
-default preset; `jacobian="jacrev"` the same pieces in reverse mode, slower still.
+vector), the same numbers to rounding (tests/test_baselines.py) and several times slower per
+linearisation at the default preset; `jacobian="jacrev"` the same pieces in reverse mode, slower still.
 
 In float32 a 50-step fit is sensitive to rounding: accept/reject decisions flip and the final codes of
 the same fit can differ by several percent (at energies within ~1 %), e.g. between 1 and 2 CPU threads;
@@ -131,15 +131,16 @@ def energy(decoder, codes: torch.Tensor, images: torch.Tensor, landmarks: torch.
 
 
 def photometric_scale(decoder, codes: torch.Tensor, images: torch.Tensor, weights: LossWeights,
-                      eps: float = IRLS_EPS) -> torch.Tensor | None:
+                      eps: float = IRLS_EPS, decoded=None) -> torch.Tensor | None:
     """(B, N) per-vertex factor s_i of the photometric residual at the linearisation point `codes`:
     sqrt(w_photo / (2 n_norm max(||I(u_i) - c_i||, eps))) on the visible set V, 0 elsewhere (the factor 2:
-    see the module docstring); None when w_photo = 0 (no photometric residuals)."""
+    see the module docstring); None when w_photo = 0 (no photometric residuals). decoded: decoder(codes)
+    when the caller has it already."""
     if weights.photo == 0:
         return None
     height, width = images.shape[-2:]
     with torch.no_grad():
-        decoded = decoder(codes)
+        decoded = decoder(codes) if decoded is None else decoded
         visible = visible_vertices(decoded, decoder.face_mask, height, width)
         norm = (sample_image(images, decoded.screen) - decoded.colours).norm(dim=-1)
         if weights.photo_normalise == "fixed":
@@ -151,14 +152,15 @@ def photometric_scale(decoder, codes: torch.Tensor, images: torch.Tensor, weight
 
 
 def residuals(decoder, codes: torch.Tensor, images: torch.Tensor, photo_scale: torch.Tensor | None,
-              targets: LandmarkTargets | None, reg_scale: torch.Tensor) -> torch.Tensor:
+              targets: LandmarkTargets | None, reg_scale: torch.Tensor, decoded=None) -> torch.Tensor:
     """The residual vector r(x) with frozen IRLS weights and visible set, (B, M):
     M = 3 N (photometric, vertex-major, if photo_scale is given) + 2 * 46 (landmarks, if any) + D (regulariser).
 
     codes: (B, D); images: (B, 3, H, W); photo_scale: (B, N) from `photometric_scale`, or None;
-    targets: from `landmark_targets`; reg_scale: (D,) from `regulariser_scale`.
+    targets: from `landmark_targets`; reg_scale: (D,) from `regulariser_scale`; decoded: decoder(codes)
+    when the caller has it already.
     """
-    decoded = decoder(codes)
+    decoded = decoder(codes) if decoded is None else decoded
     parts = []
     if photo_scale is not None:
         parts.append((photo_scale[..., None] * (sample_image(images, decoded.screen) - decoded.colours)).flatten(1))
@@ -215,6 +217,49 @@ def _along(function, primal: torch.Tensor, directions: torch.Tensor, mode: Jacob
     raise ValueError(f"jacobian mode must be 'jacfwd' or 'jacrev', got {mode!r}")
 
 
+def sh_basis_jacobian(normals: torch.Tensor) -> torch.Tensor:
+    """d H_b / d n_a of `mofa.decoder.lighting.sh_basis`: normals (..., 3) -> (..., 9, 3). Every H_b is a
+    polynomial of degree <= 2 in n, so the central difference with unit step, (H(n + e_a) - H(n - e_a)) / 2,
+    is its derivative exactly (up to rounding), from the one definition of the basis."""
+    eye = torch.eye(3, dtype=normals.dtype, device=normals.device)
+    shifted = normals[..., None, :]  # (..., 1, 3)
+    return ((sh_basis(shifted + eye) - sh_basis(shifted - eye)) / 2).transpose(-1, -2)
+
+
+def local_derivatives(camera, model_vertices: torch.Tensor, model_normals: torch.Tensor, albedo: torch.Tensor,
+                      rotation: torch.Tensor, translation: torch.Tensor, light: torch.Tensor,
+                      left_screen: torch.Tensor, left_colour: torch.Tensor,
+                      ambient_offset: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-vertex derivatives of o_v = left_screen_v @ screen_v + left_colour_v @ colour_v through
+    `shade_and_project`, in closed form: (d o / d model vertex, d o / d model normal) (B, N, C, 3) each and
+    d o / d(rotation, translation) (B, N, C, 6).
+
+    camera: the decoder's PinholeCamera; model_vertices, model_normals, albedo: (B, N, 3); rotation,
+    translation: (B, 3); light: (B, 27); left_screen (B, N, C, 2), left_colour (B, N, C, 3).
+    With R the camera rotation, p = R m + t (mm) and n' = R n: d screen / d p = f / z [[1, 0, -x/z],
+    [0, 1, -y/z]] (pinhole), d colour_c / d n' = albedo_c sum_k L_ck dH_k / dn' (`sh_basis_jacobian`);
+    so with g_p = left_screen d screen / d p and g_n = left_colour d colour / d n', d o / d m = g_p R,
+    d o / d n = g_n R, d o / d rotation_j = g_p (dR_j m) + g_n (dR_j n) (dR_j: forward mode through the
+    3 x 3 `camera_rotation`, 3 tangents per image) and d o / d translation = g_p * translation_scale_mm.
+    """
+    rot = camera_rotation(rotation)  # (B, 3, 3)
+    points = model_vertices @ rot.transpose(1, 2) + camera_translation(translation, camera)[:, None]
+    camera_normals = model_normals @ rot.transpose(1, 2)
+    inv_z = 1 / points[..., 2:3]  # (B, N, 1)
+    eye2 = torch.eye(2, dtype=points.dtype, device=points.device).expand(*points.shape[:2], 2, 2)
+    d_project = torch.cat([eye2, -(points[..., :2] * inv_z)[..., None]], -1) * (camera.focal_length_px * inv_z)[..., None]
+    g_point = left_screen @ d_project  # (B, N, C, 3)
+    coeffs = light_coefficients(light, ambient_offset)  # (B, 3, 9)
+    d_shade = torch.einsum("bck,bnka->bnca", coeffs, sh_basis_jacobian(camera_normals))  # (B, N, 3, 3)
+    g_normal = left_colour @ (albedo[..., None] * d_shade)  # (B, N, C, 3)
+    d_rot = _along(camera_rotation, rotation, torch.eye(3, dtype=rotation.dtype, device=rotation.device),
+                   "jacfwd", None)  # (B, 3, 3, 3 angles)
+    d_points = torch.einsum("bakj,bnk->bnaj", d_rot, model_vertices)  # (B, N, 3, 3 angles)
+    d_normals = torch.einsum("bakj,bnk->bnaj", d_rot, model_normals)
+    pose = torch.cat([g_point @ d_points + g_normal @ d_normals, g_point * camera.translation_scale_mm], -1)
+    return g_point @ rot[:, None], g_normal @ rot[:, None], pose
+
+
 NORMAL_EPS = 1e-12  # vertex_normals' normalisation eps (torch.nn.functional.normalize)
 
 
@@ -253,12 +298,13 @@ def one_ring(triangles: torch.Tensor, basis: torch.Tensor) -> OneRing:
 
 
 def mesh_jacobian(ring: OneRing, vertices: torch.Tensor, triangles: torch.Tensor, d_vertex: torch.Tensor,
-                  d_normal: torch.Tensor) -> torch.Tensor:
+                  d_normal: torch.Tensor, vertex: torch.Tensor | None = None) -> torch.Tensor:
     """The derivative along the K basis directions y_k of per-vertex outputs o_v that depend on
     vertex v and its normal (`vertex_normals`) only: d_vertex @ d vertices / d y + d_normal @ d normals / d y.
 
-    vertices: (B, N, 3); triangles: (T, 3); d_vertex, d_normal: (B, N, C, 3), d o_v / d(vertex v, normal v)
-    -> (N, B, C, K) (vertex-major; `.transpose(0, 1)` gives (B, N, C, K)).
+    vertices: (B, N, 3); triangles: (T, 3); d_vertex, d_normal: (B, V, C, 3), d o_v / d(vertex v, normal v)
+    for the V vertices `vertex` (V,) int64 (all N when None) -> (V, B, C, K) (vertex-major;
+    `.transpose(0, 1)` gives (B, V, C, K)).
 
     The maths of the jvp of vertex_normals, analytically: n = m / max(|m|, eps), m_v the sum over the
     faces (a, b, c) around v of cross(b - a, c - a), so dm_v = sum over those faces of
@@ -277,28 +323,34 @@ def mesh_jacobian(ring: OneRing, vertices: torch.Tensor, triangles: torch.Tensor
     normals = torch.zeros_like(vertices)
     for i in range(3):
         normals = normals.index_add(1, triangles[:, i], face_normals)
+    ring_edges, gathered = ring_edges.view(batch, n_vertices, size, 3), ring.basis
+    if vertex is not None:
+        ring_edges, normals, gathered = ring_edges[:, vertex], normals[:, vertex], gathered[vertex]
+        n_vertices = len(vertex)
     length = normals.norm(dim=-1, keepdim=True)[..., None]  # (B, N, 1, 1)
     unit = normals[..., None] / length.clamp_min(NORMAL_EPS)  # (B, N, 3, 1)
     radial = torch.where(length > NORMAL_EPS, unit @ unit.transpose(-1, -2), torch.zeros_like(length))
     projected = d_normal @ (torch.eye(3, dtype=vertices.dtype, device=vertices.device) - radial)
     projected = projected / length.clamp_min(NORMAL_EPS)  # (B, N, C, 3)
-    rows = torch.cross(projected[:, :, :, None], ring_edges.view(batch, n_vertices, 1, size, 3), dim=-1)
+    rows = torch.cross(projected[:, :, :, None], ring_edges[:, :, None], dim=-1)
     rows[:, :, :, 0] += d_vertex  # (B, N, C, S, 3)
     n_out = d_vertex.shape[2]
     rows = rows.permute(1, 0, 2, 3, 4).reshape(n_vertices, batch * n_out, 3 * size)
-    return torch.bmm(rows, ring.basis).view(n_vertices, batch, n_out, ring.basis.shape[-1])
+    return torch.bmm(rows, gathered).view(n_vertices, batch, n_out, gathered.shape[-1])
 
 
 def _vertex_rows(decoder, codes: torch.Tensor, left_screen: torch.Tensor, left_colour: torch.Tensor,
-                 mode: JacobianMode, chunk_size: int | None, ring: OneRing | None) -> torch.Tensor:
-    """Per vertex v, the derivative of o_v = left_screen_v @ screen_v + left_colour_v @ colour_v
-    (left_screen (B, N, C, 2), left_colour (B, N, C, 3), held constant) by the code: (B, N, C, D).
+                 mode: JacobianMode, chunk_size: int | None, ring: OneRing | None,
+                 vertex: torch.Tensor | None = None) -> torch.Tensor:
+    """Per vertex v of `vertex` (V,) int64 (all N when None), the derivative of o_v = left_screen_v @
+    screen_v + left_colour_v @ colour_v (left_screen (B, V, C, 2), left_colour (B, V, C, 3), held constant)
+    by the code: (B, V, C, D).
 
     Chain rule split at the mesh:
     - per vertex, d o_v / d(vertex v, normal v, albedo v) and d o_v / d(rotation, translation, light),
       neither touching the mesh: torch.func through `shade_and_project` (forward mode; reverse mode
-      for mode "jacrev"), 9 and 33 tangents; mode "analytic" sends only the 6 of vertex and normal and
-      the 6 of the pose through it, the colour albedo * shade(normal, light) being linear in the albedo
+      for mode "jacrev"), 9 and 33 tangents; mode "analytic" writes those of vertex, normal and pose
+      out (`local_derivatives`), the colour albedo * shade(normal, light) being linear in the albedo
       (d = shading) and in the light (d colour_c / d light_ck = albedo_c H_k(camera-space normal));
     - the mesh: d(vertices)/d(shape, expression) is the geometry basis, d(albedo)/d(reflectance) the
       reflectance basis, and d(normals)/d(shape, expression) (the one-ring coupling, the expensive part)
@@ -314,28 +366,28 @@ def _vertex_rows(decoder, codes: torch.Tensor, left_screen: torch.Tensor, left_c
     mesh = decoder.geometry(parts.shape, parts.expression)
     normals = vertex_normals(mesh, decoder.triangles)
     albedo = linear_combination(decoder.mean_reflectance, decoder.reflectance_basis, parts.reflectance)
+    basis, reflectance_basis = decoder.geometry_basis, decoder.reflectance_basis  # (K, N, 3) each
+    full_mesh = mesh
+    if vertex is not None:  # the per-vertex work on V alone; the normals' one ring still sees all
+        mesh, normals, albedo = mesh[:, vertex], normals[:, vertex], albedo[:, vertex]
+        basis, reflectance_basis = basis[:, vertex], reflectance_basis[:, vertex]
     n_vertices, n_out = mesh.shape[1], left_screen.shape[2]
     eye = lambda n: torch.eye(n, dtype=codes.dtype, device=codes.device)  # noqa: E731
 
     def combine(screen: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
         return (left_screen * screen[..., None, :]).sum(-1) + (left_colour * colour[..., None, :]).sum(-1)
 
-    basis = decoder.geometry_basis  # (K, N, 3)
     if mode == "analytic":
-        local = _along(lambda x: combine(*shade_and_project(decoder, *x.split(3, -1), albedo, parts.rotation,
-                                                            parts.translation, parts.light)),
-                       torch.cat([mesh, normals], -1), eye(6)[:, None].expand(6, n_vertices, 6), "jacfwd", None)
-        pose = _along(lambda p: combine(*shade_and_project(decoder, mesh, normals, albedo, *p.split(3, -1),
-                                                           parts.light)),
-                      torch.cat([parts.rotation, parts.translation], -1), eye(6), "jacfwd", None)
-        d_vertex, d_normal = local.split(3, -1)  # (B, N, C, 3) each
         camera_normals = normals @ camera_rotation(parts.rotation).transpose(1, 2)
+        d_vertex, d_normal, pose = local_derivatives(decoder.camera, mesh, normals, albedo, parts.rotation,
+                                                     parts.translation, parts.light, left_screen, left_colour,
+                                                     decoder.ambient_offset)
         shading = shade(camera_normals, light_coefficients(parts.light, decoder.ambient_offset))
         d_albedo = left_colour * shading[:, :, None]
         d_light = left_colour[..., None] * (albedo[..., None] * sh_basis(camera_normals)[:, :, None])[:, :, None]
         rigid = torch.cat([pose, d_light.flatten(-2)], -1)  # light: channel-major, as light_coefficients
-        ring = one_ring(decoder.triangles, basis) if ring is None else ring
-        geometry = mesh_jacobian(ring, mesh, decoder.triangles, d_vertex, d_normal).transpose(0, 1)
+        ring = one_ring(decoder.triangles, decoder.geometry_basis) if ring is None else ring
+        geometry = mesh_jacobian(ring, full_mesh, decoder.triangles, d_vertex, d_normal, vertex).transpose(0, 1)
     else:
         # Per vertex: inputs (vertex, normal, albedo) stacked as (B, N, 9).
         local = _along(lambda x: combine(*shade_and_project(decoder, *x.split(3, -1), parts.rotation,
@@ -347,9 +399,11 @@ def _vertex_rows(decoder, codes: torch.Tensor, left_screen: torch.Tensor, left_c
                        torch.cat([parts.rotation, parts.translation, parts.light], -1), eye(sum(sizes)), mode,
                        chunk_size)
         d_vertex, d_normal, d_albedo = local.split(3, -1)
-        d_normals = _along(lambda v: vertex_normals(v, decoder.triangles), mesh, basis, mode, chunk_size)
+        d_normals = _along(lambda v: vertex_normals(v, decoder.triangles), full_mesh, decoder.geometry_basis, mode,
+                           chunk_size)
+        d_normals = d_normals if vertex is None else d_normals[:, vertex]
         geometry = d_vertex @ basis.permute(1, 2, 0) + d_normal @ d_normals  # (B, N, C, K)
-    reflectance = torch.bmm(d_albedo.transpose(0, 1).flatten(1, 2), decoder.reflectance_basis.permute(1, 2, 0))
+    reflectance = torch.bmm(d_albedo.transpose(0, 1).flatten(1, 2), reflectance_basis.permute(1, 2, 0))
     reflectance = reflectance.view(n_vertices, len(codes), n_out, layout.n_reflectance).transpose(0, 1)
     return torch.cat([geometry, reflectance, rigid], -1)  # CodeLayout's order
 
@@ -385,18 +439,23 @@ def screen_jacobian(decoder, codes: torch.Tensor, vertex: torch.Tensor, mode: Ja
 
 def _jacobian_blocks(decoder, codes: torch.Tensor, images: torch.Tensor, photo_scale: torch.Tensor | None,
                      targets: LandmarkTargets | None, reg_scale: torch.Tensor, mode: JacobianMode,
-                     ring: OneRing | None) -> list[torch.Tensor]:
-    """The row blocks of `residual_jacobian`: photometric (B, 3 N, D) if photo_scale is given,
-    landmarks (B, 2 L, D) if targets are, regulariser (B, D, D)."""
+                     ring: OneRing | None, screen: torch.Tensor | None = None,
+                     vertex: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The row blocks of `residual_jacobian`: photometric (B, 3 V, D) if photo_scale is given, V the
+    vertices `vertex` (V,) int64 (all N when None), landmarks (B, 2 L, D) if targets are, regulariser
+    (B, D, D). screen: decoder(codes).screen (B, N, 2) when the caller has it."""
     blocks = []
     if photo_scale is not None:
-        with torch.no_grad():
-            screen = decoder(codes).screen
+        if screen is None:
+            with torch.no_grad():
+                screen = decoder(codes).screen
+        if vertex is not None:
+            photo_scale, screen = photo_scale[:, vertex], screen[:, vertex]
         scale = photo_scale[..., None, None]
         eye = torch.eye(3, dtype=codes.dtype, device=codes.device)
-        # rows s_i (dI/du du/dx - dc/dx): image_gradient (B, N, 3, 2) on the screen, -s_i I on the colour
+        # rows s_i (dI/du du/dx - dc/dx): image_gradient (B, V, 3, 2) on the screen, -s_i I on the colour
         blocks.append(_vertex_rows(decoder, codes, scale * image_gradient(images, screen), -scale * eye, mode,
-                                   JACREV_CHUNK, ring).flatten(1, 2))
+                                   JACREV_CHUNK, ring, vertex).flatten(1, 2))
     if targets is not None:
         size = codes.new_tensor([images.shape[-1], images.shape[-2]])  # (width, height)
         d_screen = screen_jacobian(decoder, codes, targets.vertex, mode)  # (B, L, 2, D)
@@ -418,14 +477,26 @@ def normal_equations(decoder, codes: torch.Tensor, images: torch.Tensor, targets
                      reg_scale: torch.Tensor, weights: LossWeights, mode: JacobianMode = "analytic",
                      ring: OneRing | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """J^T J (B, D, D) and J^T r (B, D) of the IRLS-weighted residuals, linearised at `codes`
-    (block by block: the photometric block is skipped when weights.photo = 0)."""
-    scale = photometric_scale(decoder, codes, images, weights)
+    (block by block: the photometric block is skipped when weights.photo = 0, and covers only the
+    vertices that some image of the batch sees: the others' rows and residuals are 0)."""
     with torch.no_grad():
-        r = residuals(decoder, codes, images, scale, targets, reg_scale)
-    blocks = _jacobian_blocks(decoder, codes, images, scale, targets, reg_scale, mode, ring)
+        decoded = decoder(codes.detach())  # one decoder pass for the weights, the residuals and dI/du
+        scale = photometric_scale(decoder, codes, images, weights, decoded=decoded)
+        r = residuals(decoder, codes, images, scale, targets, reg_scale, decoded=decoded)
+    vertex = None
+    if scale is not None:
+        vertex = scale.gt(0).any(0).nonzero()[:, 0]
+        n_vertices = scale.shape[1]
+        photo = r[:, :3 * n_vertices].view(len(r), n_vertices, 3)[:, vertex].flatten(1)
+        r = torch.cat([photo, r[:, 3 * n_vertices:]], 1)
+    blocks = _jacobian_blocks(decoder, codes, images, scale, targets, reg_scale, mode, ring, decoded.screen, vertex)
     parts = r.split([block.shape[1] for block in blocks], 1)
-    jtj = sum(block.transpose(1, 2) @ block for block in blocks)
-    jtr = sum((part[:, None] @ block)[:, 0] for block, part in zip(blocks, parts))  # (not J^T @ r: 5x slower)
+    # The regulariser block is diag(reg_scale): its products are written out, not multiplied.
+    jtj = torch.diag_embed((reg_scale ** 2).expand_as(codes)).clone()
+    jtr = parts[-1] * reg_scale
+    for block, part in zip(blocks[:-1], parts[:-1]):
+        jtj.baddbmm_(block.transpose(1, 2), block)
+        jtr += (part[:, None] @ block)[:, 0]  # (not J^T @ r: 5x slower)
     return jtj, jtr
 
 

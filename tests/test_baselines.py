@@ -221,20 +221,61 @@ def test_landmark_only_fit_reaches_the_true_landmarks(cap_model):
     assert torch.all(error(result.codes) < 0.02 * error(torch.zeros_like(truth)))
 
 
+def test_closed_form_local_derivatives_match_the_jvp_reference(small_face_model):
+    """sh_basis_jacobian against torch.func's jacfwd of sh_basis, and local_derivatives (the pinhole and
+    SH derivatives in closed form, the pose chained from them) against forward mode through
+    shade_and_project along the 6 vertex/normal and the 6 pose tangents, float64, random left factors."""
+    from torch.func import jacfwd, vmap
+
+    from mofa.decoder.lighting import sh_basis
+    decoder = Decoder(small_face_model, CAMERA, dtype=torch.float64)
+    codes = 0.3 * true_codes(decoder.layout).double()
+    parts = decoder.layout.split(codes)
+    mesh = decoder.geometry(parts.shape, parts.expression)
+    normals = vertex_normals(mesh, decoder.triangles)
+    albedo = decoder(codes).reflectance
+    g = torch.Generator().manual_seed(3)
+    n = torch.nn.functional.normalize(torch.randn(50, 3, dtype=torch.float64, generator=g), dim=-1)
+    torch.testing.assert_close(gn.sh_basis_jacobian(n), vmap(jacfwd(sh_basis))(n), rtol=1e-12, atol=1e-14)
+    left_screen = torch.randn(*mesh.shape[:2], 4, 2, dtype=torch.float64, generator=g)
+    left_colour = torch.randn(*mesh.shape[:2], 4, 3, dtype=torch.float64, generator=g)
+
+    def combine(screen, colour):
+        return (left_screen * screen[..., None, :]).sum(-1) + (left_colour * colour[..., None, :]).sum(-1)
+
+    eye = torch.eye(6, dtype=torch.float64)
+    local = gn._along(lambda x: combine(*gn.shade_and_project(decoder, *x.split(3, -1), albedo, parts.rotation,
+                                                              parts.translation, parts.light)),
+                      torch.cat([mesh, normals], -1), eye[:, None].expand(6, mesh.shape[1], 6), "jacfwd", None)
+    pose = gn._along(lambda p: combine(*gn.shade_and_project(decoder, mesh, normals, albedo, *p.split(3, -1),
+                                                             parts.light)),
+                     torch.cat([parts.rotation, parts.translation], -1), eye, "jacfwd", None)
+    d_vertex, d_normal, d_pose = gn.local_derivatives(decoder.camera, mesh, normals, albedo, parts.rotation,
+                                                      parts.translation, parts.light, left_screen, left_colour,
+                                                      decoder.ambient_offset)
+    for closed, reference in ((d_vertex, local[..., :3]), (d_normal, local[..., 3:]), (d_pose, pose)):
+        assert closed.abs().max() > 1e-3  # not an empty comparison
+        torch.testing.assert_close(closed, reference, rtol=1e-11, atol=1e-12)
+
+
 def test_gauss_newton_batch_equals_single_images_and_float64(cap_model):
+    """The batched 50-step fit (float64) ends at the codes of the one-image-at-a-time fits to 1e-4 relative
+    (the same start energies); 4 steps of the analytic fit equal those of the torch.func reference."""
     decoder = Decoder(cap_model, CAMERA)
     truth = true_codes(decoder.layout)
     images = rendered_images(decoder, cap_model, truth)
     weights = LossWeights()  # no landmarks: the paper's second variant
-    batched = gn.fit(decoder, images, None, None, weights, steps=4, dtype=torch.float64)
+    batched = gn.fit(decoder, images, None, None, weights, steps=50, dtype=torch.float64)
     assert batched.codes.dtype == torch.float64 and decoder.mean_shape.dtype == torch.float32
     for b in range(2):
-        single = gn.fit(decoder, images[b:b + 1], None, None, weights, steps=4, dtype=torch.float64)
+        single = gn.fit(decoder, images[b:b + 1], None, None, weights, steps=50, dtype=torch.float64)
         torch.testing.assert_close(single.energy_history[0], batched.energy_history[b], rtol=1e-9, atol=0)
-        torch.testing.assert_close(single.codes[0], batched.codes[b], rtol=1e-7, atol=1e-9)
-    assert torch.all(batched.energy_history[:, -1] < batched.energy_history[:, 0])
+        torch.testing.assert_close(single.codes[0], batched.codes[b], rtol=1e-4,
+                                   atol=1e-4 * batched.codes[b].abs().max().item())
+    assert torch.all(batched.energy_history[:, -1] < 0.1 * batched.energy_history[:, 0])
+    short = gn.fit(decoder, images, None, None, weights, steps=4, dtype=torch.float64)
     reference = gn.fit(decoder, images, None, None, weights, steps=4, dtype=torch.float64, jacobian="jacfwd")
-    torch.testing.assert_close(reference.codes, batched.codes, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(reference.codes, short.codes, rtol=1e-9, atol=1e-11)
 
 
 def test_gauss_newton_needs_landmarks_when_weighted(small_face_model):
@@ -355,6 +396,28 @@ def test_e4_failure_fraction_on_a_constructed_case():
     out = failure_fraction(start, no_land, land, factor=2.0)
     assert out == {"worse_than_start": 0.25, "far_above_landmark_fit": 0.5, "failed": 0.5}
     assert np.isnan(failure_fraction(start[-1:], no_land[-1:], land[-1:], 2.0)["failed"])
+
+
+def test_e4_summary_reports_the_batched_and_the_one_at_a_time_fit():
+    """summary_table: ms per image of the batched fits, the one-image-at-a-time fit beside Gauss-Newton with
+    landmarks alone, and the encoder's speed-up over the batched fit."""
+    import pandas as pd
+
+    from pipelines import e4_baselines as e4
+    methods = [e4.MEAN_FACE, *e4.FITS, "E1 AlexNet"]
+    frame = pd.DataFrame([{"dataset": "synthetic", "method": m, "image": i, "geometric_error": 1.0 + i,
+                           "photometric_error": 0.1, "landmark_error": 2.0, "rotation_error": 3.0}
+                          for m in methods for i in range(2)])
+    seconds = {("synthetic", e4.MEAN_FACE): 0.0, ("synthetic", e4.GN_LAND): 1.2, ("synthetic", e4.GN_NOLAND): 1.0,
+               ("synthetic", e4.ORACLE): 0.1, ("synthetic", "E1 AlexNet"): 0.004, ("synthetic", "single_fit"): 3.0,
+               ("synthetic", "failures"): {"worse_than_start": 0.5, "far_above_landmark_fit": 0.0}}
+    table = e4.summary_table(frame, seconds).set_index("method")
+    single = f"ms_per_image_one_at_a_time_first_{e4.SINGLE_FIT_IMAGES}"
+    assert table.loc[e4.GN_LAND, "ms_per_image"] == pytest.approx(1200.0)
+    assert table.loc[e4.GN_LAND, single] == pytest.approx(3000.0)
+    assert table[single].drop(index=e4.GN_LAND).isna().all()
+    assert table.loc["E1 AlexNet", "speedup_over_gauss_newton"] == pytest.approx(300.0)
+    assert table.loc[e4.MEAN_FACE, "geometric_error_mean"] == pytest.approx(1.5)
 
 
 def test_photometric_basin_fit_reaches_the_rendered_images(cap_model):
