@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
+from mofa import io
 from mofa.config import config_hash
 from mofa.errors import MofaError
 from pipelines._stage import wrote
@@ -96,32 +95,22 @@ def figure_metadata(cfg: Mapping, stage: str) -> dict[str, str]:
     return {PNG_KEY: provenance(cfg, stage)}
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def write_text(path: Path, text: str) -> Path:
     """Write a text file atomically and log it."""
-    _atomic_text(path, text)
-    return wrote(path)
+    return wrote(io.write_text(path, text))
 
 
 def write_table(frame: pd.DataFrame, csv_path: Path, md_path: Path, cfg: Mapping, title: str, *, stage: str) -> None:
     """Write `frame` as CSV (with a '# title; provenance' comment line first) and as a Markdown table;
     `stage` is the stage writing it (its name in pipelines/), whose data the stamp names."""
     stamp = provenance(cfg, stage)
-    _atomic_text(csv_path, f"# {title}; {stamp}\n" + frame.to_csv(index=False, float_format="%.4g"))
-    _atomic_text(md_path, f"**{title}**\n\n{frame.to_markdown(index=False, floatfmt='.4g')}\n\n_{stamp}_\n")
+    io.write_text(csv_path, f"# {title}; {stamp}\n" + frame.to_csv(index=False, float_format="%.4g"))
+    io.write_text(md_path, f"**{title}**\n\n{frame.to_markdown(index=False, floatfmt='.4g')}\n\n_{stamp}_\n")
     wrote(csv_path)
     wrote(md_path)
 
 
 def write_csv(frame: pd.DataFrame, csv_path: Path) -> None:
     """A plain CSV (e.g. per-image values), written atomically."""
-    _atomic_text(csv_path, frame.to_csv(index=False, float_format="%.6g"))
+    io.write_text(csv_path, frame.to_csv(index=False, float_format="%.6g"))
     wrote(csv_path)
