@@ -32,9 +32,13 @@ config.update(checked)
 include: "workflow/rules/common.smk"
 
 
+# Every stage's outputs, the data folders' files included: Snakemake regenerates a missing file only
+# where a target asks for it (a later stage whose own outputs are up to date does not).
 rule all:
     input:
         stage_targets("face_model"),
+        stage_targets("synthetic"),
+        stage_targets("real_data"),
         stage_targets("e1_synthetic"),
         stage_targets("e7_speed"),
         stage_targets("e2_e3_real"),

@@ -55,12 +55,14 @@ def write_error(path: str | os.PathLike, exc: OSError, stand_in: Path | None = N
     stand_in: the temporary file or folder written in place of `path`; an error about it (or a file
     inside it) is reported under `path`, one about another file under that file's name.
     """
-    where = Path(exc.filename) if exc.filename else None
-    if where is not None and stand_in is not None:
-        if where == stand_in:
-            where = Path(path)
-        elif stand_in in where.parents:
-            where = Path(path) / where.relative_to(stand_in)
+    named = [Path(name) for name in (exc.filename, exc.filename2) if name]  # copies name source and target
+    where = named[0] if named else None
+    if stand_in is not None:
+        for name in named:
+            if name == stand_in:
+                where = Path(path)
+            elif stand_in in name.parents:
+                where = Path(path) / name.relative_to(stand_in)
     return MofaError(f"{where or path}: cannot write ({exc.strerror or exc})")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from mofa import io
-from mofa.config import config_hash
+from mofa.config import REPO_ROOT, config_hash
 from mofa.errors import MofaError
 from pipelines._stage import wrote
 
@@ -27,12 +27,13 @@ LOCATION_KEYS = frozenset({"results_dir"})
 
 
 def git_commit() -> str:
-    """The checked-out commit (with '+dirty' when files differ), or 'unknown' outside a git checkout."""
+    """The repository's checked-out commit (with '+dirty' when files differ), wherever the stage runs
+    (Snakemake's --directory), or 'unknown' outside a git checkout."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
+                                check=True, timeout=10, cwd=REPO_ROOT).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+                               text=True, timeout=10, cwd=REPO_ROOT).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

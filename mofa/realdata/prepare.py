@@ -15,6 +15,7 @@ N counts kept images, in input order. Pixel coordinates: 0-based, pixel centres 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -83,6 +84,10 @@ class _RawArray:
         self._raw.write(row.tobytes())
         self.count += 1
 
+    def close(self) -> None:
+        """Close the raw file (also when writing failed half-way, so that nothing holds it open)."""
+        self._raw.close()
+
     def finish(self) -> None:
         self._raw.close()
         raw = self.path.with_suffix(".raw")
@@ -143,7 +148,7 @@ def _prepare_into(partial: Path, samples: list[Sample], image_size: int, margin:
     rows = []
     start = time.perf_counter()
     bar = tqdm(total=len(samples), desc="prepare real faces", unit="img", disable=not progress, leave=False)
-    with FrameReader() as reader, MediaPipeLandmarker() as landmarker:
+    with FrameReader() as reader, MediaPipeLandmarker() as landmarker, contextlib.closing(images):
         for sample in samples:
             row = {"index": -1, "id": sample.id, "source": sample.source, "image_path": str(sample.image_path),
                    "frame_index": sample.frame_index, "kept": False, "reason": "", "detail": "",
