@@ -104,8 +104,7 @@ def run_key(cfg: Mapping, encoder: str, landmarks: bool, init: Path | None) -> d
     init_stamp = None
     if init is not None:  # by content: E1 resumed to the same weights leaves this run's key as it was
         init_stamp = {"path": str(init), "sha256": hashlib.sha256(init.read_bytes()).hexdigest()}
-    return {"variant": variant_name(encoder, landmarks), "config": config_hash(sections), "init": init_stamp,
-            "data": data_hashes(cfg, NAME), "code": _stage.code_hash(SOURCES)}
+    return {"variant": variant_name(encoder, landmarks), "config": config_hash(sections), "init": init_stamp}
 
 
 def variant_row(encoder: str, landmarks: bool, curves: pd.DataFrame, benchmark, vcfg: Mapping,
@@ -165,7 +164,8 @@ def run(cfg: dict) -> dict:
         name, vcfg = variant_name(encoder_name, landmarks), variant_config(cfg, encoder_name)
         folder, init = run_dir(cfg, encoder_name, landmarks), init_weights(cfg, encoder_name)
         from mofa.training.runs import prepare_run_dir
-        prepare_run_dir(folder, run_key(vcfg, encoder_name, landmarks, init))
+        prepare_run_dir(folder, run_key(vcfg, encoder_name, landmarks, init) | {"data": data_hashes(cfg, NAME),
+                                                                              "code": _stage.code_hash(SOURCES)})
         input_size = vcfg["training"]["input_size"]
         evaluate = lambda decoder, device, size=input_size: real_evaluator(  # noqa: E731
             decoder, eval_real, n_eval, size, device)
