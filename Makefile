@@ -11,12 +11,13 @@ STAMP := $(VENV)/.mofa-setup-done
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PRESET ?= default
+CONFIG ?= config/$(PRESET).yaml
 CORES ?= all
 
 .PHONY: help setup reproduce test clean
 
 help:
-	@echo "make reproduce   run the pipeline at the $(PRESET) preset (PRESET=ci|default|paper, CORES=N)"
+	@echo "make reproduce   run the pipeline at the $(PRESET) preset (PRESET=ci|default|paper or CONFIG=file.yaml, CORES=N)"
 	@echo "make test        run the tests"
 	@echo "make setup       create .venv and install the project (both targets above do it first)"
 	@echo "make clean       delete everything the pipeline wrote under results/"
@@ -42,8 +43,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[pipeline,test]'
 	@touch $@
 
+# The config is checked first (Snakemake reads a --configfile before the workflow's own check, and
+# reports a missing or malformed one in its own words); a lock left by a killed run is released; the
+# workflow profile (profiles/default) reruns a stage the kill left incomplete, and its training resumes.
 reproduce: setup
-	$(BIN)/snakemake --cores $(CORES) --configfile config/$(PRESET).yaml
+	$(BIN)/python -m pipelines._workflow --config $(CONFIG) --unlock-stale
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
 
 test: setup
 	$(BIN)/pytest

@@ -3,9 +3,13 @@
 # config/schema.yaml. Each rule calls one stage entry point in pipelines/; dvc.yaml runs the same ones.
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("8.0")
+sys.path.insert(0, workflow.basedir)  # pipelines/ and mofa/ also without `pip install -e .`
+
+from mofa.errors import MofaError
+from pipelines._workflow import checked_config
 
 # A preset given with --configfile replaces the default one instead of being merged on top of it,
 # so that Snakemake and `python -m pipelines.<stage> --config <file>` read the same values.
@@ -14,16 +18,27 @@ if not workflow.overwrite_configfiles:
     configfile: "config/default.yaml"
 
 
-validate(config, "config/schema.yaml")
-sys.path.insert(0, workflow.basedir)  # pipelines/ and mofa/ also without `pip install -e .`
+# The project's own check (mofa/config.py against config/schema.yaml), with `mofa`'s one-line messages;
+# the config the rules read is the validated one, defaults filled.
+try:
+    checked = checked_config(workflow.configfiles, workflow.config_settings.config)
+except MofaError as exc:
+    print(f"mofa: error: {exc}", file=sys.stderr)
+    sys.exit(2)
+config.clear()
+config.update(checked)
 
 
 include: "workflow/rules/common.smk"
 
 
+# Every stage's outputs, the data folders' files included: Snakemake regenerates a missing file only
+# where a target asks for it (a later stage whose own outputs are up to date does not).
 rule all:
     input:
         stage_targets("face_model"),
+        stage_targets("synthetic"),
+        stage_targets("real_data"),
         stage_targets("e1_synthetic"),
         stage_targets("e7_speed"),
         stage_targets("e2_e3_real"),

@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from mofa.config import config_hash, load_config, results_dir, writable_folder
+from mofa import io
+from mofa.config import REPO_ROOT, config_hash, load_config, results_dir, writable_folder
 from mofa.errors import MofaError
 
 log = logging.getLogger("mofa.stage")
@@ -107,19 +106,26 @@ def wrote(path: Path) -> Path:
 
 
 def write_json(path: Path, data: Mapping) -> Path:
-    """Write `data` as indented JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return wrote(path)
+    """Write `data` as indented JSON (keys sorted) atomically and log it."""
+    return wrote(io.write_json(path, data))
+
+
+def source_files(sources: Iterable[str]) -> list[Path]:
+    """A stage module's SOURCES as files under the repository: each folder's .py files, sorted."""
+    files = []
+    for source in sources:
+        path = REPO_ROOT / source
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return files
+
+
+def code_hash(sources: Iterable[str]) -> str:
+    """A short sha256 of the code a stage runs (its SOURCES, by path and content): a training run's key
+    holds it, so that an edit to the code starts training over while a rerun of the same code resumes."""
+    digest = hashlib.sha256()
+    for path in source_files(sources):
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def save_trained_network(network, losses, weights: Path, curve: Path, what: str, loss_name: str) -> None:
@@ -128,11 +134,9 @@ def save_trained_network(network, losses, weights: Path, curve: Path, what: str,
     import numpy as np
     import pandas as pd
 
-    from mofa.training.trainer import atomic_csv, atomic_torch_save
-
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(network.state_dict(), weights)
-    atomic_csv(pd.DataFrame({"iteration": np.arange(1, len(losses) + 1), "loss": losses}), curve)
+    io.torch_save(network.state_dict(), weights)
+    frame = pd.DataFrame({"iteration": np.arange(1, len(losses) + 1), "loss": losses})
+    io.write_text(curve, frame.to_csv(index=False, float_format="%.6g"))
     log.info("%s %s loss: %.4g (first 10 iterations) -> %.4g (last 10)", what, loss_name,
              np.mean(losses[:10]), np.mean(losses[-10:]))
 
@@ -140,12 +144,15 @@ def save_trained_network(network, losses, weights: Path, curve: Path, what: str,
 def publish(source: Path, target: Path) -> Path:
     """Make `target` a hard link to `source` (a copy across file systems): a stable path for a file
     in a cache keyed by options, without a second copy on disk."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.unlink(missing_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+    except OSError as exc:
+        raise io.write_error(target, exc) from None
     try:
         os.link(source, target)
     except OSError:
-        shutil.copy2(source, target)
+        io.copy_file(source, target)  # never a cut-short copy under the final name (a full disk)
     return wrote(target)
 
 
@@ -180,8 +187,15 @@ def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: lis
         with timed(f"stage {stage}"):
             run(cfg)
     except MofaError as exc:
-        log.error("stage %s: %s", stage, exc)
+        log.error("stage %s failed: %s", stage, exc)
         return 2
+    except OSError as exc:  # one the stage did not turn into a MofaError: still one line, naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("stage %s failed: %s%s", stage, where, exc.strerror or exc)
+        return 2
+    except Exception:
+        log.exception("stage %s failed", stage)  # a bug: the traceback, also in the stage's own log
+        return 1
     finally:
         ddp.shutdown()
     return 0

@@ -113,7 +113,8 @@ def run(cfg: dict) -> dict:
         evaluate = lambda decoder, device, size=ecfg["training"]["input_size"]: synthetic_evaluator(  # noqa: E731
             decoder, test_set, cfg["training"]["eval_images"], size, device)
         prepare_run_dir(run_dir(cfg, name), {"config": config_hash({s: ecfg[s] for s in PARAMS if s != "e1"} | {"e1": e1}),
-                                             "data": [train_set.manifest, test_set.manifest]})
+                                             "data": [train_set.manifest, test_set.manifest],
+                                             "code": _stage.code_hash(SOURCES)})
         with _stage.timed(f"{name}: {e1['iterations']} iterations"):
             frame, encoder = run_training(ecfg, run_dir(cfg, name), model, name, train_set, evaluate,
                                           e1["iterations"], e1["evaluations"], landmarks=False,

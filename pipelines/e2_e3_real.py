@@ -14,15 +14,18 @@ tables/e3_variants.csv + .md (beside the paper's 5.3 / 4.9 px without and 3.7 / 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
+from mofa import io
 from mofa.config import config_hash, results_dir
 from mofa.paper import display_name, paper_counterpart
 from pipelines import _stage, e1_synthetic, real_data, synthetic
+from pipelines.tables import data_hashes
 
 NAME = "e2_e3_real"
 PARAMS = ("seed", "face_model", "camera", "light", "synthetic", "loss", "training", "encoders", "e1", "real_data", "e3")
@@ -102,9 +105,8 @@ def run_key(cfg: Mapping, encoder: str, landmarks: bool, init: Path | None) -> d
     kept = ("evaluations", "synthetic_fraction", "init_from_e1")  # what a run's training depends on
     sections["e3"] = {k: e3[k] for k in kept if k in e3} | {encoder: e3[encoder]}
     init_stamp = None
-    if init is not None:
-        stat = init.stat()
-        init_stamp = {"path": str(init), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if init is not None:  # by content: E1 resumed to the same weights leaves this run's key as it was
+        init_stamp = {"path": str(init), "sha256": hashlib.sha256(init.read_bytes()).hexdigest()}
     return {"variant": variant_name(encoder, landmarks), "config": config_hash(sections), "init": init_stamp}
 
 
@@ -172,7 +174,8 @@ def run(cfg: dict) -> dict:
         name, vcfg = variant_name(encoder_name, landmarks), variant_config(cfg, encoder_name)
         folder, init = run_dir(cfg, encoder_name, landmarks), init_weights(cfg, encoder_name)
         from mofa.training.runs import prepare_run_dir
-        prepare_run_dir(folder, run_key(vcfg, encoder_name, landmarks, init))
+        prepare_run_dir(folder, run_key(vcfg, encoder_name, landmarks, init) | {"data": data_hashes(cfg, NAME),
+                                                                              "code": _stage.code_hash(SOURCES)})
         input_size = vcfg["training"]["input_size"]
         evaluate = lambda decoder, device, size=input_size: real_evaluator(  # noqa: E731
             decoder, eval_real, n_eval, size, device)
@@ -186,7 +189,7 @@ def run(cfg: dict) -> dict:
         decoder = training_decoder(vcfg, model).to(select_device(vcfg))
         with torch.no_grad(), _stage.timed(f"{name}: AFLW2000-3D benchmark on {len(eval_real)} images"):
             benchmark = aflw2000.score(eval_real, encoder, decoder, input_size)
-        benchmark.per_image.to_csv(folder / "aflw2000_nme.csv", index=False, float_format="%.6g")
+        io.write_text(folder / "aflw2000_nme.csv", benchmark.per_image.to_csv(index=False, float_format="%.6g"))
         with _stage.timed(f"{name}: per-image errors on {len(eval_real)} images"):
             errors = real_per_image(decoder, encoder, eval_real, input_size)
         spread.append(pd.DataFrame({"variant": variant_label(encoder_name, landmarks), "id": eval_real.ids,

@@ -19,7 +19,7 @@ NAME = "face_model"
 PARAMS = ("face_model", "camera")
 # Code it runs (what it imports, found by tests/test_workflow.py): dvc.yaml's `deps:` and the Snakemake
 # rule's input list the same, so that an edit to any of it reruns the stage under both engines.
-SOURCES = ("config/schema.yaml", "mofa/__init__.py", "mofa/errors.py", "mofa/config.py", "mofa/facemodel",
+SOURCES = ("config/schema.yaml", "mofa/__init__.py", "mofa/errors.py", "mofa/io.py", "mofa/config.py", "mofa/facemodel",
            "mofa/decoder", "mofa/render", "mofa/figures/__init__.py", "mofa/figures/face_model_card.py",
            "mofa/bench.py", "mofa/losses.py", "mofa/landmarks.py",
            "pipelines/__init__.py", "pipelines/_stage.py", "pipelines/tables.py", "pipelines/face_model.py")

@@ -23,7 +23,7 @@ from pipelines import _stage
 NAME = "real_data"
 PARAMS = ("camera", "real_data")
 NEEDS = ()
-SOURCES = ("config/schema.yaml", "mofa/__init__.py", "mofa/config.py", "mofa/errors.py", "mofa/landmarks.py", "mofa/metrics.py",
+SOURCES = ("config/schema.yaml", "mofa/__init__.py", "mofa/config.py", "mofa/errors.py", "mofa/io.py", "mofa/landmarks.py", "mofa/metrics.py",
            "mofa/realdata", "pipelines/__init__.py", "pipelines/_stage.py", "pipelines/real_data.py")
 DATASETS = ("aflw2000", "ibug68")
 log = logging.getLogger(f"mofa.stage.{NAME}")
@@ -38,9 +38,17 @@ def folder(cfg: Mapping, dataset: str) -> Path:
     return data_dir(cfg) / dataset
 
 
+# The files of a prepared folder (format: mofa/realdata/prepare.py), each a declared output, so that the
+# workflow engines prepare a dataset again when any of them is gone or stale; tests/test_real_stages.py
+# checks that a prepared folder holds exactly these.
+FOLDER_FILES = ("images.npy", "landmarks.npy", "landmark_confidence.npy", "gt_landmarks.npy", "transforms.npy",
+                "manifest.csv", "summary.json")
+
+
 def outputs(cfg: Mapping) -> dict[str, Path]:
-    return {**{dataset: folder(cfg, dataset) / "summary.json" for dataset in DATASETS},
-            "metrics": results_dir(cfg) / "metrics" / "real_data.json"}
+    files = {f"{dataset}_{Path(name).stem}" if name != "summary.json" else dataset: folder(cfg, dataset) / name
+             for dataset in DATASETS for name in FOLDER_FILES}
+    return {**files, "metrics": results_dir(cfg) / "metrics" / "real_data.json"}
 
 
 def manifests(cfg: Mapping) -> dict[str, Path]:

@@ -17,7 +17,7 @@ from pipelines import _stage
 NAME = "synthetic"
 PARAMS = ("face_model", "camera", "light", "synthetic")
 NEEDS = ("face_model",)
-SOURCES = ("config/schema.yaml", "mofa/config.py", "mofa/facemodel", "mofa/decoder", "mofa/render",
+SOURCES = ("config/schema.yaml", "mofa/config.py", "mofa/io.py", "mofa/facemodel", "mofa/decoder", "mofa/render",
            "mofa/data", "pipelines/_stage.py", "pipelines/synthetic.py")
 log = logging.getLogger(f"mofa.stage.{NAME}")
 
@@ -26,16 +26,25 @@ def data_dir(cfg: Mapping) -> Path:
     return results_dir(cfg) / "data" / "synthetic"
 
 
+# The files of a split folder (format: mofa/data/synthetic.py), each a declared output, so that the
+# workflow engines regenerate a split when any of them is gone or stale; tests/test_synthetic.py checks
+# that a written split holds exactly these.
+SPLIT_FILES = ("images.npy", "codes.npy", "landmarks.npy", "landmark_visible.npy", "vertices.npy", "samples.csv",
+               "manifest.json")
+SPLITS = ("train", "test")
+
+
 def outputs(cfg: Mapping) -> dict[str, Path]:
     root = data_dir(cfg)
-    return {"train": root / "train" / "manifest.json", "test": root / "test" / "manifest.json",
-            "metrics": results_dir(cfg) / "metrics" / "synthetic.json"}
+    files = {f"{split}_{Path(name).stem}" if name != "manifest.json" else split: root / split / name
+             for split in SPLITS for name in SPLIT_FILES}
+    return {**files, "metrics": results_dir(cfg) / "metrics" / "synthetic.json"}
 
 
 def manifests(cfg: Mapping) -> dict[str, Path]:
     """The files that describe the data this stage writes; their hashes stamp every table and figure made
     from it (pipelines/tables.py)."""
-    return {f"synthetic/{split}": data_dir(cfg) / split / "manifest.json" for split in ("train", "test")}
+    return {f"synthetic/{split}": data_dir(cfg) / split / "manifest.json" for split in SPLITS}
 
 
 def run(cfg: dict) -> dict:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
-from mofa.config import config_hash
+from mofa import io
+from mofa.config import REPO_ROOT, config_hash
 from mofa.errors import MofaError
 from pipelines._stage import wrote
 
@@ -28,12 +27,13 @@ LOCATION_KEYS = frozenset({"results_dir"})
 
 
 def git_commit() -> str:
-    """The checked-out commit (with '+dirty' when files differ), or 'unknown' outside a git checkout."""
+    """The repository's checked-out commit (with '+dirty' when files differ), wherever the stage runs
+    (Snakemake's --directory), or 'unknown' outside a git checkout."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
+                                check=True, timeout=10, cwd=REPO_ROOT).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+                               text=True, timeout=10, cwd=REPO_ROOT).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -104,32 +104,22 @@ def figure_metadata(cfg: Mapping, stage: str) -> dict[str, str]:
     return {PNG_KEY: provenance(cfg, stage)}
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def write_text(path: Path, text: str) -> Path:
     """Write a text file atomically and log it."""
-    _atomic_text(path, text)
-    return wrote(path)
+    return wrote(io.write_text(path, text))
 
 
 def write_table(frame: pd.DataFrame, csv_path: Path, md_path: Path, cfg: Mapping, title: str, *, stage: str) -> None:
     """Write `frame` as CSV (with a '# title; provenance' comment line first) and as a Markdown table;
     `stage` is the stage writing it (its name in pipelines/), whose data the stamp names."""
     stamp = provenance(cfg, stage)
-    _atomic_text(csv_path, f"# {title}; {stamp}\n" + frame.to_csv(index=False, float_format="%.4g"))
-    _atomic_text(md_path, f"**{title}**\n\n{frame.to_markdown(index=False, floatfmt='.4g')}\n\n_{stamp}_\n")
+    io.write_text(csv_path, f"# {title}; {stamp}\n" + frame.to_csv(index=False, float_format="%.4g"))
+    io.write_text(md_path, f"**{title}**\n\n{frame.to_markdown(index=False, floatfmt='.4g')}\n\n_{stamp}_\n")
     wrote(csv_path)
     wrote(md_path)
 
 
 def write_csv(frame: pd.DataFrame, csv_path: Path) -> None:
     """A plain CSV (e.g. per-image values), written atomically."""
-    _atomic_text(csv_path, frame.to_csv(index=False, float_format="%.6g"))
+    io.write_text(csv_path, frame.to_csv(index=False, float_format="%.6g"))
     wrote(csv_path)

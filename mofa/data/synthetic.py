@@ -21,7 +21,6 @@ import logging
 import multiprocessing
 import os
 import queue
-import shutil
 import time
 import traceback
 from pathlib import Path
@@ -37,6 +36,7 @@ from mofa.decoder import AMBIENT_OFFSET, Decoder, PinholeCamera
 from mofa.decoder.layout import CodeLayout
 from mofa.errors import MofaError
 from mofa.facemodel.model import FaceModel
+from mofa.io import atomic_dir
 from mofa.render.raycast import render
 
 log = logging.getLogger(__name__)
@@ -302,9 +302,20 @@ def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, ca
     if split not in SPLIT_IDS:
         raise MofaError(f"synthetic split must be one of {sorted(SPLIT_IDS)}, got '{split}'")
     final = Path(out_dir) / split
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    with atomic_dir(final) as partial:  # no half-written split under the final name, none left on an error
+        manifest = _generate_into(partial, split, n, model, camera, seed, dist, render_region, background_mix,
+                                  background_folder, supersample, image_noise_std, batch_size, workers, progress,
+                                  ambient_offset)
+    log.info("synthetic %s: %d images in %.1f s (%.1f images/s) -> %s", split, n, manifest["seconds"],
+             manifest["images_per_second"], final)
+    return manifest
+
+
+def _generate_into(partial: Path, split: str, n: int, model: FaceModel, camera: PinholeCamera, seed: int,
+                   dist: CodeDistribution, render_region: str, background_mix: dict[str, float] | None,
+                   background_folder: str | None, supersample: int, image_noise_std: float, batch_size: int,
+                   workers: int, progress: bool, ambient_offset: float) -> dict:
+    """`generate_split` into the empty folder `partial`; returns the manifest."""
     mix = background_mix or {"procedural": 0.4, "noise": 0.2, "colour_field": 0.2, "folder": 0.2}
     files = list_images(background_folder) if background_folder else None
 
@@ -317,6 +328,8 @@ def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, ca
               "vertices": ((n, len(face), 3), np.float32)}
     for k, (shp, dt) in shapes.items():  # the files, preallocated here, are filled by _write_all's processes
         np.lib.format.open_memmap(partial / f"{k}.npy", mode="w+", dtype=dt, shape=shp)
+        with open(partial / f"{k}.npy", "rb+") as f:  # the disk space now: a full disk is an ENOSPC here,
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)  # not a SIGBUS in a worker
     spec = _SplitSpec(partial, seed, SPLIT_IDS[split], region_model, face, camera, dist, ambient_offset, mix, files,
                   supersample, image_noise_std)
     start = time.perf_counter()
@@ -325,9 +338,6 @@ def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, ca
     rows = _write_all(spec, n, batch_size, max(1, min(workers, -(-n // batch_size))), bar)  # <= 1 per batch
     bar.close()
     seconds = time.perf_counter() - start
-    for k in ARRAYS:  # on disk before the folder is renamed complete (the processes wrote through the page cache)
-        with open(partial / f"{k}.npy", "rb+") as f:
-            os.fsync(f.fileno())
     pd.DataFrame(rows).to_csv(partial / "samples.csv", index=False, float_format="%.4f")
     manifest = {
         "format_version": FORMAT_VERSION, "split": split, "count": n, "seed": seed,
@@ -339,10 +349,6 @@ def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, ca
         "seconds": round(seconds, 2), "images_per_second": round(n / max(seconds, 1e-9), 1),
     }
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    log.info("synthetic %s: %d images in %.1f s (%.1f images/s) -> %s", split, n, seconds, n / max(seconds, 1e-9), final)
     return manifest
 
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from mofa.errors import MofaError
+from mofa.io import save_npz
 
 FORMAT_VERSION = 1
 
@@ -174,7 +174,6 @@ class FaceModel:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model to one `.npz` atomically (temporary file, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {
             "format_version": np.array(FORMAT_VERSION),
             "mean_shape": self.mean_shape, "shape_basis": self.shape_basis,
@@ -188,15 +187,7 @@ class FaceModel:
             arrays["expression_examples"] = self.expression_examples
         for key in ("name", "face_region", "units", "licence", "source", "reflectance_source", "notes"):
             arrays[key] = np.array(getattr(self, key), dtype=str)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a model cache is for everyone to read
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_npz(path, arrays)
         return path
 
     @classmethod

@@ -1,7 +1,6 @@
 """Error-against-iterations figures (E1, E2), with the paper's start and end values marked."""
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,15 +10,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mofa.io import atomic_path  # noqa: E402
+
 
 def save_figure(fig, out_path: str | Path, dpi: int = 120, metadata: Mapping[str, str] | None = None) -> Path:
     """Save a matplotlib figure as PNG atomically and close it; `metadata` goes into PNG text chunks."""
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata=dict(metadata or {}))
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    try:
+        with atomic_path(out_path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", metadata=dict(metadata or {}))
+    finally:
+        plt.close(fig)
     return out_path
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from matplotlib.figure import Figure
 
 from mofa.bench import render_region_model
 from mofa.decoder import Decoder, PinholeCamera
+from mofa.io import atomic_path
 from mofa.render.raycast import render
 
 SIGMAS = (-3.0, 3.0)
@@ -81,16 +81,6 @@ def plot_face_model_card(model, camera: PinholeCamera, out_path: str | os.PathLi
                  f"drawn: {region} ({drawn.n_vertices} vertices), frontal, ambient light", fontsize=9)
     fig.tight_layout()
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out_path) as tmp:
         fig.savefig(tmp, format="png", metadata=dict(metadata or {}))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out_path

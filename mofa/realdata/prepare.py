@@ -15,10 +15,10 @@ N counts kept images, in input order. Pixel coordinates: 0-based, pixel centres 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from mofa.errors import MofaError
+from mofa.io import atomic_dir
 from mofa.landmarks import N_LANDMARKS
 from mofa.metrics import nme_aflw2000, nme_table, summarise
 from mofa.realdata.adapters import ENV_VARS, Sample, adapter_for, points_box, root_from_env
@@ -91,6 +92,10 @@ class _RawArray:
         self._raw.write(row.tobytes())
         self.count += 1
 
+    def close(self) -> None:
+        """Close the raw file (also when writing failed half-way, so that nothing holds it open)."""
+        self._raw.close()
+
     def finish(self) -> None:
         self._raw.close()
         raw = self.path.with_suffix(".raw")
@@ -133,18 +138,25 @@ def prepare(samples: Iterable[Sample], out_dir: str | Path, image_size: int = 24
     """
     if not 0.0 <= eval_fraction <= 1.0:
         raise MofaError(f"eval_fraction must be within [0, 1], got {eval_fraction}")
-    samples = list(samples)
     final = Path(out_dir)
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    with atomic_dir(final) as partial:  # no half-prepared folder under the final name, none left on an error
+        summary = _prepare_into(partial, list(samples), image_size, margin, split_seed, eval_fraction, min_face_px,
+                                min_iou, gt_box_fallback, max_outside, progress)
+    log.info("real faces: %d of %d kept in %.1f s -> %s; dropped %s", summary["kept"], summary["total"],
+             summary["seconds"], final, summary["dropped"])
+    return summary
 
+
+def _prepare_into(partial: Path, samples: list[Sample], image_size: int, margin: float, split_seed: int,
+                  eval_fraction: float, min_face_px: int, min_iou: float, gt_box_fallback: bool,
+                  max_outside: float, progress: bool) -> dict:
+    """`prepare` into the empty folder `partial`; returns the summary."""
     images = _RawArray(partial / "images.npy", (image_size, image_size, 3), np.uint8)
     landmarks, confidences, gt_landmarks, transforms = [], [], [], []
     rows = []
     start = time.perf_counter()
     bar = tqdm(total=len(samples), desc="prepare real faces", unit="img", disable=not progress, leave=False)
-    with FrameReader() as reader, MediaPipeLandmarker() as landmarker:
+    with FrameReader() as reader, MediaPipeLandmarker() as landmarker, contextlib.closing(images):
         for sample in samples:
             row = {"index": -1, "id": sample.id, "source": sample.source, "image_path": str(sample.image_path),
                    "frame_index": sample.frame_index, "kept": False, "reason": "", "detail": "",
@@ -183,11 +195,6 @@ def prepare(samples: Iterable[Sample], out_dir: str | Path, image_size: int = 24
                                                min_iou=min_iou, gt_box_fallback=gt_box_fallback,
                                                max_outside=max_outside), landmarker.version)
     (partial / "summary.json").write_text(json.dumps(summary, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-    log.info("real faces: %d of %d kept in %.1f s -> %s; dropped %s", summary["kept"], summary["total"], seconds,
-             final, summary["dropped"])
     return summary
 
 

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from mofa.config import camera_from_config, select_device
 from mofa.decoder import Decoder
 from mofa.encoders import build_encoder
 from mofa.facemodel.model import FaceModel
+from mofa.io import write_json
 from mofa.losses import LossWeights
 from mofa.training.distributed import is_main
 from mofa.training.precision import resolve_precision
@@ -109,12 +109,7 @@ def write_encoder_card(run_dir: Path, cfg: Mapping, encoder_name: str, decoder: 
             "camera": dict(cfg["camera"]), "light": dict(cfg["light"]), "init": encoder.init_description,
             "preset": cfg["preset"], "module": cfg["encoders"][encoder_name]["module"],
             "options": dict(cfg["encoders"][encoder_name]["options"])}
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(run_dir) / ENCODER_CARD
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(run_dir) / ENCODER_CARD, card, sort_keys=False)
 
 
 def read_card(path: Path) -> dict:
@@ -167,18 +162,23 @@ RUN_KEY = "run_key.json"
 
 
 def prepare_run_dir(folder: Path, key: dict) -> None:
-    """Keep a run folder (so training resumes its checkpoint) only when everything it was made from is
-    the same (its run_key.json: config sections, data, initial weights) and its curves are there
-    (workflow engines delete a stage's outputs before running it again); else empty it. Under
-    torchrun rank 0 does it (`train` waits for it)."""
+    """Keep a run folder, so that training resumes its checkpoint, only when everything it was made from
+    is the same (its run_key.json: config sections, data, code, initial weights); else empty it.
+
+    The checkpoint holds the curves so far, so a run resumes also where a workflow engine deleted the
+    stage's declared outputs (metrics.csv, encoder.pt) before running it again after a kill. Under
+    torchrun rank 0 does it (`train` waits for it).
+    """
+    from mofa.io import remove_stale_temporaries, write_text
     from mofa.training.trainer import CHECKPOINT, FINAL, METRICS
     if not is_main():
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)  # a checkpoint being written when the last run was killed
     key_file = folder / RUN_KEY
-    same = key_file.is_file() and json.loads(key_file.read_text()) == key
-    if not same or not (folder / METRICS).is_file():
+    text = json.dumps(key, indent=2, sort_keys=True) + "\n"
+    if not (key_file.is_file() and key_file.read_text() == text):
         for name in (CHECKPOINT, METRICS, FINAL):
             (folder / name).unlink(missing_ok=True)
-        key_file.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
+        write_text(key_file, text)

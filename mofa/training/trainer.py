@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mofa.errors import MofaError
+from mofa.io import torch_save, write_text
 from mofa.losses import LossWeights, mofa_loss, with_fitted_light
 from mofa.training.distributed import World
 from mofa.training.precision import encode, prepare_encoder
@@ -149,15 +149,11 @@ def predict_codes(encoder: torch.nn.Module, images: torch.Tensor, input_size: in
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    torch_save(obj, path)
 
 
 def atomic_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, path)
+    write_text(path, frame.to_csv(index=False, float_format="%.6g"))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -219,8 +215,15 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
         optimiser.load_state_dict(state["optimiser"])
         start_it = int(state["iteration"])
         running = state.get("running_loss")
-        if (run_dir / METRICS).exists():
+        # The curves so far come from the checkpoint: a workflow engine deletes metrics.csv (a declared
+        # output) before it runs an interrupted stage again. (Checkpoints from before they held the rows:
+        # metrics.csv where it is still there.)
+        if "rows" in state:
+            rows = [dict(r) for r in state["rows"] if r["iteration"] <= start_it]
+        elif (run_dir / METRICS).exists():
             rows = [r for r in pd.read_csv(run_dir / METRICS).to_dict("records") if r["iteration"] <= start_it]
+        if rows and world.is_main:
+            atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
         log.info("resumed %s at iteration %d", run_dir, start_it)
     elif ckpt_path.exists() and world.is_main:
         ckpt_path.unlink()
@@ -287,16 +290,22 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
                     atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
             if world.is_main:
                 atomic_torch_save({"iteration": it, "encoder": encoder.state_dict(), "optimiser": optimiser.state_dict(),
-                                   "running_loss": running, "settings": _settings_key(settings)}, ckpt_path)
+                                   "running_loss": running, "settings": _settings_key(settings),
+                                   "rows": _plain(rows)}, ckpt_path)
             tick = time.perf_counter()
     bar.close()
     world.unwrap(encoder)
     if world.is_main:
         atomic_torch_save(encoder.state_dict(), run_dir / FINAL)
     world.barrier()
-    # The curves as on disk (6 digits): a resumed run reads its earlier rows from there, so this way an
-    # uninterrupted run returns, and plots, exactly the same numbers.
+    # The curves as on disk (6 digits), so that a resumed and an uninterrupted run return, and plot,
+    # exactly the same numbers.
     return pd.read_csv(run_dir / METRICS) if world.from_main(bool(rows)) else pd.DataFrame(rows)
+
+
+def _plain(rows: list[dict]) -> list[dict]:
+    """The metrics rows with NumPy scalars as Python numbers (what `torch.load(weights_only=True)` reads)."""
+    return [{k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()} for row in rows]
 
 
 def _settings_key(settings: TrainSettings) -> dict:

@@ -32,12 +32,11 @@ def stage_targets(name):
 
 
 def stage_sources(name):
-    """The code and schema a stage runs, as files, so that editing them reruns it (as DVC's deps do)."""
-    files = []
-    for source in stage_module(name).SOURCES:
-        path = Path(workflow.basedir) / source
-        files += sorted(str(p.relative_to(workflow.basedir)) for p in path.rglob("*.py")) if path.is_dir() else [source]
-    return files
+    """The code and schema a stage runs, as files, so that editing them reruns it (as DVC's deps do):
+    relative to the working directory, absolute where that is not the repository (`--directory`)."""
+    here = Path.cwd().resolve()
+    return [str(p.relative_to(here)) if p.is_relative_to(here) else str(p)
+            for p in _stage.source_files(stage_module(name).SOURCES)]
 
 
 def stage_inputs(name):
