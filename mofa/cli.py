@@ -81,15 +81,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mofa.config import load_config, select_device
     from mofa.evaluation.aflw2000 import benchmark_folder
     from mofa.facemodel import build_face_model
-    from mofa.training.runs import ENCODER_CARD, load_encoder, read_card, training_decoder
+    from mofa.encoders.card import card_path, read_card
+    from mofa.training.runs import load_encoder, training_decoder
 
     for out in (args.out, args.landmarks_out):  # before the evaluation, not after it
         if out is not None:
             check_output_file(out)
-    card = read_card(Path(args.checkpoint).with_name(ENCODER_CARD))
+    card = read_card(card_path(args.checkpoint))
     if args.config is None and card:  # the preset, face model and camera the encoder was trained with
         if "preset" not in card:
-            raise MofaError(f"{Path(args.checkpoint).with_name(ENCODER_CARD)}: encoder card without preset; "
+            raise MofaError(f"{card_path(args.checkpoint)}: encoder card without preset; "
                             "pass --config")
         cfg = load_config(card["preset"], {k: card[k] for k in ("face_model", "camera", "light") if k in card}
                           | {"training.rotation_bound_deg": card.get("rotation_bound_deg")})
@@ -125,23 +126,11 @@ def check_output_file(path: Path) -> None:
 
 
 def write_csv_atomic(frame, path: Path, **to_csv) -> None:
-    """frame.to_csv into a temporary file beside `path`, then renamed: no partial file under its name;
-    an OSError (full disk, ...) as a MofaError naming it."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False, **to_csv)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise MofaError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """frame.to_csv through `mofa.io.atomic_open`: no partial file under its name; a full disk or the
+    like as a MofaError naming it."""
+    from mofa.io import atomic_open
+    with atomic_open(path, "w", newline="") as fh:
+        frame.to_csv(fh, index=False, **to_csv)
 
 
 def write_landmarks_csv(per_image, path: Path) -> None:

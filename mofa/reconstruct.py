@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -47,15 +46,12 @@ class Reconstructor:
         from mofa.config import camera_from_config, load_config
         from mofa.decoder import Decoder
         from mofa.encoders import build_encoder
+        from mofa.encoders import card as card_module
         from mofa.facemodel import build_face_model
-        from mofa.training.runs import ENCODER_CARD
         checkpoint = Path(checkpoint)
-        card_path = checkpoint.with_name(ENCODER_CARD)
-        if not checkpoint.is_file():
-            raise MofaError(f"{checkpoint}: checkpoint not found (run `make reproduce` or pass --checkpoint)")
-        if not card_path.is_file():
-            raise MofaError(f"{card_path}: missing; it says which encoder and face model the weights belong to")
-        card = read_encoder_card(card_path)
+        state, _ = card_module.read_weights(checkpoint)
+        card_path = card_module.card_path(checkpoint)
+        card = card_module.read_card(card_path, required=True)
         cfg = load_config(card["preset"], {"face_model": card["face_model"], "camera": card["camera"],
                                            "light": card["light"]})
         model = build_face_model(cfg)
@@ -66,34 +62,11 @@ class Reconstructor:
                             f"{decoder.layout.sizes}")
         from mofa.bench import render_region_model
         mesh_decoder = Decoder(render_region_model(model), camera, cfg["light"]["ambient_offset"])
-        bound = card["rotation_bound_deg"]
         encoder = build_encoder(card["encoder"], decoder.layout,
-                                rotation_bound_rad=None if bound is None else math.radians(bound),
+                                rotation_bound_rad=card_module.rotation_bound_rad(card["rotation_bound_deg"]),
                                 module=card.get("module"), options=card.get("options"))
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            encoder.load_state_dict(state.get("encoder", state))  # a trainer checkpoint or bare weights
-        except Exception as exc:
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
-            detail = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
-                          lines[0])
-            raise MofaError(f"{checkpoint}: not weights of a {card['encoder']} encoder for this face model's code "
-                            f"({type(exc).__name__}: {detail[:300]})") from None
+        card_module.load_weights(encoder, state, checkpoint, card["encoder"])
         return cls(encoder.eval(), decoder, mesh_decoder, int(card["input_size"]), checkpoint)
-
-
-CARD_KEYS = ("encoder", "code_layout", "input_size", "rotation_bound_deg", "face_model", "camera", "light", "preset")
-
-
-def read_encoder_card(path: Path) -> dict:
-    """The encoder.json beside a checkpoint; a MofaError naming it when it is not JSON or lacks a key."""
-    from mofa.training.runs import read_card
-    card = read_card(path)
-    missing = [key for key in CARD_KEYS if key not in card]
-    if missing:
-        raise MofaError(f"{path}: encoder card without {', '.join(missing)}; write it with the trainer "
-                        "(mofa.training.runs.write_encoder_card)")
-    return card
 
 
 def project_results() -> Path:

@@ -259,7 +259,7 @@ def test_mofa_evaluate_aflw2000_scores_every_image_even_one_mediapipe_cannot_rea
     status = cli.main(["evaluate", "aflw2000", "--root", str(root), "--checkpoint", str(checkpoint),
                        "--config", "ci", "--encoder", "vgg_face"])
     assert status == 2
-    assert "does not fit a 'vgg_face' encoder" in capsys.readouterr().err
+    assert "not weights of a 'vgg_face' encoder" in capsys.readouterr().err
 
 
 def test_real_data_stage_names_the_environment_variable(monkeypatch):

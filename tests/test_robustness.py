@@ -133,7 +133,7 @@ def test_checkpoint_trained_for_another_code_size(checkpoint, tmp_path):
     out = tmp_path / "out"
     line = assert_one_line_error(mofa("reconstruct", "x.png", "--out", str(out), "--checkpoint", str(tmp_path / "encoder.pt")),
                                  tmp_path / "encoder.pt")
-    assert "not weights of a alexnet encoder" in line and "size mismatch" in line
+    assert "not weights of a 'alexnet' encoder" in line and "size mismatch" in line
     assert not any(out.iterdir())
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mofa.errors import MofaError
+from mofa.io import write_text
 
 RECORD = Path(__file__).with_name("landmarks68_fit.json")
 PRESETS = ("ci", "default", "paper")
@@ -106,9 +107,7 @@ def fit() -> dict:
               "train_nme": {"published": map_nme(mesh[keep], gt[keep], PUBLISHED_MAP),
                             "fitted": map_nme(mesh[keep], gt[keep], fitted)},
               "map": [list(entry) for entry in fitted]}
-    tmp = RECORD.with_name(RECORD.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(RECORD)
+    write_text(RECORD, json.dumps(record, indent=1) + "\n")
     return record
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,9 +13,8 @@ import torch
 
 from mofa.config import camera_from_config, select_device
 from mofa.decoder import Decoder
-from mofa.encoders import build_encoder
+from mofa.encoders import build_encoder, card
 from mofa.facemodel.model import FaceModel
-from mofa.io import write_json
 from mofa.losses import LossWeights
 from mofa.training.distributed import is_main
 from mofa.training.precision import resolve_precision
@@ -31,9 +29,9 @@ def training_decoder(cfg: Mapping, model: FaceModel) -> Decoder:
 
 def make_encoder(cfg: Mapping, name: str, decoder: Decoder, seed: int | None = None) -> torch.nn.Module:
     """The named encoder for this decoder's code layout, from the weights the config names (if any)."""
-    bound, options = cfg["training"]["rotation_bound_deg"], cfg["encoders"][name]
+    options = cfg["encoders"][name]
     return build_encoder(name, decoder.layout, weights_path=options["weights_path"],
-                         rotation_bound_rad=None if bound is None else math.radians(bound),
+                         rotation_bound_rad=card.rotation_bound_rad(cfg["training"]["rotation_bound_deg"]),
                          seed=cfg["seed"] if seed is None else seed, random_init=options["random_init"],
                          dropout=options["dropout"], module=options["module"], options=options["options"])
 
@@ -88,7 +86,7 @@ def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: st
     decoder = training_decoder(cfg, model).to(device)
     encoder = make_encoder(cfg, encoder_name, decoder)
     if init_from is not None:
-        encoder.load_state_dict(torch.load(init_from, map_location="cpu", weights_only=True))
+        card.load_weights(encoder, card.read_weights(init_from)[0], init_from, encoder_name)
         encoder.init_description = f"started from the weights {init_from}"
     if is_main():
         write_encoder_card(run_dir, cfg, encoder_name, decoder, encoder)
@@ -98,62 +96,24 @@ def run_training(cfg: Mapping, run_dir: Path, model: FaceModel, encoder_name: st
     return table, encoder
 
 
-ENCODER_CARD = "encoder.json"
-
-
 def write_encoder_card(run_dir: Path, cfg: Mapping, encoder_name: str, decoder: Decoder, encoder) -> Path:
-    """encoder.json beside the weights: what is needed to use them (encoder, code layout, input size,
-    rotation bound, face model, camera), so `mofa reconstruct` needs nothing else."""
-    card = {"encoder": encoder_name, "code_layout": decoder.layout.sizes, "input_size": cfg["training"]["input_size"],
-            "rotation_bound_deg": cfg["training"]["rotation_bound_deg"], "face_model": dict(cfg["face_model"]),
-            "camera": dict(cfg["camera"]), "light": dict(cfg["light"]), "init": encoder.init_description,
-            "preset": cfg["preset"], "module": cfg["encoders"][encoder_name]["module"],
-            "options": dict(cfg["encoders"][encoder_name]["options"])}
-    return write_json(Path(run_dir) / ENCODER_CARD, card, sort_keys=False)
-
-
-def read_card(path: Path) -> dict:
-    """The encoder.json at `path` as a mapping ({} when there is none); a MofaError naming it when it
-    cannot be read or is not a JSON object."""
-    from mofa.errors import MofaError
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MofaError(f"{path}: not a readable encoder card ({exc})") from None
-    if not isinstance(card, dict):
-        raise MofaError(f"{path}: not a readable encoder card (a JSON {type(card).__name__}, expected an object)")
-    return card
+    """encoder.json beside the weights (`mofa.encoders.card`): what is needed to use them, so that
+    `mofa reconstruct` needs nothing else."""
+    return card.write_card(run_dir, card.make_card(cfg, encoder_name, decoder.layout.sizes, encoder.init_description))
 
 
 def load_encoder(cfg: Mapping, name: str, decoder: Decoder, path: str | Path) -> tuple[torch.nn.Module, int | None]:
     """A trained encoder from `path`: the final weights of a run (encoder.pt, a state dict) or a
     trainer checkpoint (checkpoint.pt). Returns (encoder in eval mode, the input size it was trained
     at, read from the checkpoint or the encoder.json beside the weights; None when neither says)."""
-    from mofa.errors import MofaError
-    from mofa.training.trainer import load_checkpoint
-
-    path = Path(path)
-    if not path.is_file():
-        raise MofaError(f"{path}: no such checkpoint file")
-    state = load_checkpoint(path)
-    card = read_card(path.parent / ENCODER_CARD)
-    settings = card or None
-    if isinstance(state, dict) and "encoder" in state and "settings" in state:
-        state, settings = state["encoder"], state["settings"]
-    bound = cfg["training"]["rotation_bound_deg"]
+    state, settings = card.read_weights(path)
+    found = card.read_card(card.card_path(path))
+    settings = settings or found or None
     options = cfg["encoders"].get(name, {})
-    encoder = build_encoder(name, decoder.layout, rotation_bound_rad=None if bound is None else math.radians(bound),
+    encoder = build_encoder(name, decoder.layout, rotation_bound_rad=card.rotation_bound_rad(cfg["training"]["rotation_bound_deg"]),
                             seed=cfg["seed"], module=options.get("module"),
-                            options=card.get("options", options.get("options")))  # the architecture it was trained with
-    try:
-        encoder.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise MofaError(f"{path}: does not fit a '{name}' encoder for this config's face model "
-                        f"(code size {decoder.layout.size}): {first}; check the encoder name and the config") from None
+                            options=found.get("options", options.get("options")))  # the architecture it was trained with
+    card.load_weights(encoder, state, path, name)
     encoder.init_description = f"trained weights from {path}"
     return encoder.eval(), (int(settings["input_size"]) if settings and "input_size" in settings else None)
 

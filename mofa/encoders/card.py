@@ -1,0 +1,94 @@
+"""A trained encoder's card: `encoder.json` beside its weights, written once by training and read by
+everything that uses the weights (`mofa evaluate`, `mofa reconstruct`, E4, the reports). The card says
+what the weights need: the encoder and its options, the code layout, the input size, the rotation bound,
+the face model, camera and light, and the preset. This module is the one place that writes, reads and
+loads it, with the errors."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from mofa.errors import MofaError
+
+CARD = "encoder.json"
+# Keys without which the card cannot rebuild the encoder and its decoder.
+REQUIRED = ("encoder", "code_layout", "input_size", "rotation_bound_deg", "face_model", "camera", "light", "preset")
+
+
+def card_path(weights: str | Path) -> Path:
+    """The card beside a weights or checkpoint file."""
+    return Path(weights).with_name(CARD)
+
+
+def make_card(cfg: Mapping, encoder_name: str, code_layout: Mapping[str, int], init: str) -> dict:
+    """The card of an encoder trained under `cfg` (encoders.<name> overrides already applied)."""
+    own = cfg["encoders"][encoder_name]
+    return {"encoder": encoder_name, "code_layout": dict(code_layout), "input_size": cfg["training"]["input_size"],
+            "rotation_bound_deg": cfg["training"]["rotation_bound_deg"], "face_model": dict(cfg["face_model"]),
+            "camera": dict(cfg["camera"]), "light": dict(cfg["light"]), "init": init, "preset": cfg["preset"],
+            "module": own["module"], "options": dict(own["options"])}
+
+
+def write_card(run_dir: str | Path, card: Mapping) -> Path:
+    """run_dir/encoder.json, atomically."""
+    from mofa.io import write_json
+    return write_json(Path(run_dir) / CARD, dict(card), sort_keys=False)
+
+
+def read_card(path: str | Path, required: bool = False) -> dict:
+    """The card at `path` as a mapping: {} where there is none (a MofaError instead when `required`),
+    a MofaError naming it when it is not a JSON object or, when required, lacks a REQUIRED key."""
+    path = Path(path)
+    if not path.is_file():
+        if required:
+            raise MofaError(f"{path}: missing; it says which encoder and face model the weights belong to")
+        return {}
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MofaError(f"{path}: not a readable encoder card ({exc})") from None
+    if not isinstance(card, dict):
+        raise MofaError(f"{path}: not a readable encoder card (a JSON {type(card).__name__}, expected an object)")
+    missing = [key for key in REQUIRED if key not in card] if required else []
+    if missing:
+        raise MofaError(f"{path}: encoder card without {', '.join(missing)}; it is written by training "
+                        "(mofa.encoders.card.write_card)")
+    return card
+
+
+def rotation_bound_rad(degrees: float | None) -> float | None:
+    """A card's or config's rotation_bound_deg in radians (None: unbounded)."""
+    return None if degrees is None else math.radians(degrees)
+
+
+def read_weights(path: str | Path) -> tuple[dict, dict | None]:
+    """(state dict, the trainer's settings or None) from encoder weights: a run's final encoder.pt (a
+    bare state dict) or a trainer checkpoint.pt ({'encoder', 'settings', ...}); a MofaError naming
+    the file when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise MofaError(f"{path}: checkpoint not found (run `make reproduce` or pass --checkpoint)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MofaError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc}); delete it to start over") from None
+    if isinstance(state, dict) and "encoder" in state and "settings" in state:
+        return state["encoder"], state["settings"]
+    return state, None
+
+
+def load_weights(encoder: torch.nn.Module, state: Mapping, path: str | Path, name: str) -> torch.nn.Module:
+    """encoder.load_state_dict(state), a MofaError naming `path` when the weights do not fit."""
+    try:
+        encoder.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+        detail = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
+                      lines[0])
+        raise MofaError(f"{path}: not weights of a '{name}' encoder for this face model's code "
+                        f"({type(exc).__name__}: {detail[:300]}); check the encoder name and the config") from None
+    return encoder
