@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from mofa.decoder import PinholeCamera
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "config"
+# The presets and the schema ship inside the package (a plain `pip install .` has them); the
+# repository's `config/` is a link to this folder, for the workflow commands.
+CONFIG_DIR = Path(__file__).resolve().parent / "presets"
 SCHEMA_PATH = CONFIG_DIR / "schema.yaml"
 
 ConfigSource = str | os.PathLike
@@ -64,11 +66,22 @@ def read_yaml(path: str | os.PathLike) -> dict:
 def load_schema() -> dict:
     """The configuration JSON Schema (config/schema.yaml), checked against its meta-schema."""
     if not SCHEMA_PATH.is_file():
-        raise MofaError(f"{SCHEMA_PATH}: config schema not found; run from a checkout of the repository "
-                        "(pip install -e .) so that config/ sits beside mofa/")
+        raise MofaError(f"{SCHEMA_PATH}: config schema not found; the mofa package is installed without its "
+                        "presets (reinstall it: pip install .)")
     schema = read_yaml(SCHEMA_PATH)
     jsonschema.validators.validator_for(schema).check_schema(schema)
     return schema
+
+
+def schema_default(*keys: str) -> Any:
+    """The schema's default of a config key, e.g. schema_default("training", "lr"): for the library's
+    dataclasses, so that a default is defined once, in config/schema.yaml."""
+    node = load_schema()
+    for key in keys:
+        node = node["properties"][key]
+    if "default" not in node:
+        raise KeyError(f"config/schema.yaml: {'.'.join(keys)} has no default")
+    return node["default"]
 
 
 def presets() -> list[str]:
@@ -276,6 +289,6 @@ def camera_from_config(cfg: Mapping) -> "PinholeCamera":
                          translation_scale_mm=float(cam["translation_scale_mm"]))
 
 
-__all__ = ["CONFIG_DIR", "REPO_ROOT", "SCHEMA_PATH", "camera_from_config", "config_hash", "load_config",
+__all__ = ["CONFIG_DIR", "REPO_ROOT", "SCHEMA_PATH", "camera_from_config", "config_hash", "load_config", "schema_default",
            "load_schema", "merge", "nest", "preset_path", "presets", "read_yaml", "results_dir", "select_device",
            "validate_config"]

@@ -421,11 +421,11 @@ def test_e4_summary_reports_the_batched_and_the_one_at_a_time_fit():
 
 
 def test_photometric_basin_fit_reaches_the_rendered_images(cap_model):
-    """baselines.photometric_basin: fitting codes directly by Adam on the photometric loss, coarse to
+    """diagnostics.photometric_basin: fitting codes directly by Adam on the photometric loss, coarse to
     fine, from the mean face to ray-cast images of codes a little away from it, ends with at most 5 % of
     the starting loss (0.36 -> 0.006 measured). (The sphere's pose is not identifiable from shading,
     so the rotation itself is not checked here.)"""
-    from baselines.photometric_basin import fit_codes, summary
+    from diagnostics.photometric_basin import fit_codes, summary
 
     decoder = Decoder(cap_model, CAMERA)
     truth = true_codes(decoder.layout)
@@ -446,7 +446,7 @@ def test_photometric_basin_fit_reaches_the_rendered_images(cap_model):
 def test_photometric_basin_light_first_moves_only_the_light(cap_model):
     """fit_codes(light_first=N, steps=0): the light-only stage changes the light entries alone and lowers
     the loss; with steps after it, the other entries move as well."""
-    from baselines.photometric_basin import fit_codes
+    from diagnostics.photometric_basin import fit_codes
 
     decoder = Decoder(cap_model, CAMERA)
     truth = true_codes(decoder.layout)
@@ -466,7 +466,7 @@ def test_photometric_basin_light_first_moves_only_the_light(cap_model):
 def test_gradient_agreement_points_back_to_a_shifted_face(cap_model):
     """From the true code with the face shifted a little in x and y, the loss gradient points both
     translation entries back to the truth on every image; entries already exact are left out."""
-    from baselines.photometric_basin import agreement_starts, gradient_agreement
+    from diagnostics.photometric_basin import agreement_starts, gradient_agreement
 
     decoder = Decoder(cap_model, CAMERA)
     truth = true_codes(decoder.layout)

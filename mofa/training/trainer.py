@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mofa.config import schema_default
 from mofa.errors import MofaError
 from mofa.io import torch_save, write_text
 from mofa.losses import LossWeights, mofa_loss, with_fitted_light
@@ -84,21 +85,21 @@ class TrainSettings:
     training steps, "fp32" or "bf16" (autocast, `mofa.training.precision`; resolved from "auto" by the
     caller); evaluation always runs the encoder in fp32."""
     iterations: int
-    batch_size: int = 5
-    optimiser: str = "adadelta"
-    lr: float = 0.1
-    lr_z: float = 0.0005
-    backbone_lr_scale: float = 1.0
-    rho: float = 0.9
-    eps: float = 1e-6
+    batch_size: int = schema_default("training", "batch_size")
+    optimiser: str = schema_default("training", "optimiser")
+    lr: float = schema_default("training", "lr")
+    lr_z: float = schema_default("training", "lr_z")
+    backbone_lr_scale: float = schema_default("training", "backbone_lr_scale")
+    rho: float = schema_default("training", "rho")
+    eps: float = schema_default("training", "eps")
     eval_at: tuple[int, ...] = ()
-    checkpoint_every: int = 100
-    input_size: int = 240
-    seed: int = 0
-    blur_sigma_px: float = 0.0
-    blur_until: float = 0.5
+    checkpoint_every: int = schema_default("training", "checkpoint_every")
+    input_size: int = schema_default("training", "input_size")
+    seed: int = schema_default("seed")
+    blur_sigma_px: float = schema_default("training", "blur_sigma_px")
+    blur_until: float = schema_default("training", "blur_until")
     schedule: Schedule = Schedule()
-    precision: str = "fp32"
+    precision: str = schema_default("training", "precision")
     progress: bool = True
 
     def eval_points(self) -> list[int]:

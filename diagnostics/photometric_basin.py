@@ -5,9 +5,9 @@ the zero code in the same loss landscape. `--light-first N` first fits the light
 (at the first blur sigma) and then everything: from the mean face the pose gradient is mostly noise
 until the light matches the image.
 
-    python -m baselines.photometric_basin --config default --images 16 --blur 4,0 --blur 0
-    python -m baselines.photometric_basin --config default --images 32 --blur 4,0 --light-first 0,100
-    python -m baselines.photometric_basin --config default --images 200 --directions 4
+    python -m diagnostics.photometric_basin --config default --images 16 --blur 4,0 --blur 0
+    python -m diagnostics.photometric_basin --config default --images 32 --blur 4,0 --light-first 0,100
+    python -m diagnostics.photometric_basin --config default --images 200 --directions 4
 """
 from __future__ import annotations
 
