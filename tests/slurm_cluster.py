@@ -5,8 +5,13 @@ state, spool, logs) in one temporary folder.
 No accounting daemon: the executor plugin is told to read job states with `squeue`, and MinJobAge
 keeps finished jobs in slurmctld's memory for an hour, so squeue still reports them.
 
-    with SlurmCluster() as cluster:       # exports SLURM_CONF for this process and its children
-        subprocess.run(["sbatch", ...])
+    with SlurmCluster() as cluster:
+        subprocess.run(["sbatch", ...], env=cluster.env)
+
+`cluster.env` names the cluster's slurm.conf (SLURM_CONF) and puts first on PATH an `srun` that names it
+too: inside a job the plugin's job step (snakemake-executor-plugin-slurm-jobstep 0.6.1) starts the rule
+with `srun` in an environment stripped of every SLURM_* variable, so srun would look for the cluster's
+configuration where a real cluster keeps it (/etc/slurm, or slurmd's configless cache), not here.
 
 Every daemon is started in the foreground as a child of this process and stopped by its process id
 (with the job steps slurmd started) when the block ends, whatever ends it.
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")  # in start order
-CLIENTS = ("sbatch", "squeue", "scancel", "sinfo", "scontrol")
+CLIENTS = ("sbatch", "srun", "squeue", "scancel", "sinfo", "scontrol")
 PARTITION = "main"
 
 SLURM_CONF = """\
@@ -96,7 +101,7 @@ class SlurmCluster:
         self.root: Path | None = None
         self.processes: dict[str, subprocess.Popen] = {}
         self.startup_s: float | None = None
-        self._saved_env: str | None = None
+        self.env: dict[str, str] = dict(os.environ)
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -116,8 +121,11 @@ class SlurmCluster:
         self.conf.write_text(SLURM_CONF.format(host=self.host, root=self.root, ctld_port=free_port(),
                                                slurmd_port=free_port(), cpus=self.cpus,
                                                memory_mb=self.memory_mb, partition=PARTITION))
-        self._saved_env = os.environ.get("SLURM_CONF")
-        os.environ["SLURM_CONF"] = str(self.conf)
+        shim = self.root / "bin" / "srun"
+        shim.parent.mkdir()
+        shim.write_text(f'#!/bin/sh\nSLURM_CONF={self.conf} exec {binary("srun")} "$@"\n')
+        shim.chmod(0o755)
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": f"{shim.parent}:{os.environ['PATH']}"}
         atexit.register(self.stop)  # also when the interpreter ends on an exception outside any `finally`
         try:
             key = self.root / "munge" / "munge.key"
@@ -140,11 +148,11 @@ class SlurmCluster:
         log = open(self.root / f"{name}.out", "wb")
         # Its own session: a Ctrl-C at the terminal reaches pytest, which stops the daemons in order.
         self.processes[name] = subprocess.Popen([binary(name), *args], stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                                stdin=subprocess.DEVNULL, start_new_session=True, env=self.env)
         log.close()
 
     def _client(self, name: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([binary(name), *args], capture_output=True, text=True, timeout=30)
+        return subprocess.run([binary(name), *args], capture_output=True, text=True, timeout=30, env=self.env)
 
     def _node_idle(self) -> bool:
         out = self._client("sinfo", "-h", "-N", "-o", "%T").stdout.split()
@@ -213,10 +221,6 @@ class SlurmCluster:
                     process.kill()
                     process.wait()
             atexit.unregister(self.stop)
-            if self._saved_env is None:
-                os.environ.pop("SLURM_CONF", None)
-            else:
-                os.environ["SLURM_CONF"] = self._saved_env
             if self.root is not None and not self.keep_state and not self.alive():
                 shutil.rmtree(self.root, ignore_errors=True)
 

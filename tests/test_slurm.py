@@ -19,6 +19,7 @@ import yaml
 from mofa.config import CONFIG_DIR, REPO_ROOT
 
 from slurm_cluster import PARTITION, SlurmCluster
+from test_workflow import MULTICORE_STAGES
 
 pytestmark = pytest.mark.cluster
 
@@ -51,12 +52,12 @@ def ci_config(tmp: Path, name: str, cache: Path) -> Path:
     return path
 
 
-def snakemake(*args: str, log: Path) -> float:
+def snakemake(*args: str, log: Path, env: dict | None = None) -> float:
     """Run Snakemake from the repository root, its output in `log`; its wall time in seconds."""
     start = time.perf_counter()
     with open(log, "w") as out:
         result = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=REPO_ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S)
+                                stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S, env=env)
     seconds = time.perf_counter() - start
     assert result.returncode == 0, f"snakemake {' '.join(args)} failed:\n" + "\n".join(
         log.read_text().splitlines()[-60:])
@@ -128,21 +129,22 @@ def test_ci_preset_on_slurm_gives_the_local_tables(cluster, tmp_path):
     slurm_s = snakemake(
         "--profile", "profiles/slurm", "--configfile", str(slurm_cfg),
         # This cluster has no accounting daemon: job states come from squeue (MinJobAge keeps finished
-        # jobs an hour) and no job is charged to an account.
-        "--slurm-status-command", "squeue", "--slurm-no-account",
+        # jobs an hour).
+        "--slurm-status-command", "squeue",
         "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "5",
         "--slurm-logdir", str(tmp_path / "slurm-logs"), "--slurm-keep-successful-logs",
         # One small node: each job's cores and memory capped to it (the profile's values are a cluster's).
         "--max-threads", threads, "--resources", f"mem_mb={cluster.memory_mb}",
-        log=tmp_path / "slurm.log")
+        log=tmp_path / "slurm.log", env=cluster.env)
     print(f"ci preset through SLURM: {slurm_s:.0f} s")
 
-    # Every stage ran as a SLURM job, and each one completed.
-    listed = subprocess.run(["squeue", "-h", "--states=all", f"--partition={PARTITION}", "-o", "%k|%T"],
-                            capture_output=True, text=True, timeout=30)
+    # Every stage ran as a SLURM job and completed, the torch stages on every core of the node.
+    listed = subprocess.run(["squeue", "-h", "--states=all", f"--partition={PARTITION}", "-o", "%k|%T|%C"],
+                            capture_output=True, text=True, timeout=30, env=cluster.env)
     assert listed.returncode == 0, listed.stderr
-    jobs = dict(line.split("|") for line in listed.stdout.split())
-    assert jobs == {f"rule_{stage}": "COMPLETED" for stage in STAGES}, (jobs, cluster.log_tail("slurmctld"))
+    jobs = {comment: (state, int(cpus)) for comment, state, cpus in (line.split("|") for line in listed.stdout.split())}
+    assert jobs == {f"rule_{stage}": ("COMPLETED", cluster.cpus if stage in MULTICORE_STAGES else 1)
+                    for stage in STAGES}, (jobs, cluster.log_tail("slurmctld"))
 
     local_s = snakemake("--cores", threads, "--configfile", str(local_cfg), log=tmp_path / "local.log")
     print(f"ci preset locally (--cores {threads}): {local_s:.0f} s")

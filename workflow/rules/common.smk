@@ -95,11 +95,14 @@ STAGE_RESOURCES = {
 def stage_threads(name):
     """Run locally, a multi-core stage takes every core Snakemake was given (--cores): torch and Open3D
     use them all, and a rule without threads would get one core and OMP_NUM_THREADS=1. On a cluster it
-    asks for the table's cores (capped by --max-threads)."""
+    asks for the table's cores (capped by --max-threads). A function of the job, as Snakemake knows its
+    executor only once it builds the jobs, after reading the rules."""
     threads = STAGE_RESOURCES[name].threads
-    if workflow.local_exec and threads > 1:
-        return workflow.cores
-    return threads
+
+    def job_threads(wildcards):
+        return workflow.cores if workflow.local_exec and threads > 1 else threads
+
+    return job_threads
 
 
 def stage_resources(name):
