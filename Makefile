@@ -1,6 +1,7 @@
 # MoFA-Bench. `make reproduce` regenerates the results of the default preset (Snakemake);
 # `make test` runs the tests. Both run `make setup` first, which sets up .venv once and again only
-# when pyproject.toml changes.
+# when pyproject.toml changes. `make test-cluster` runs the SLURM test (tests/test_slurm.py), which
+# takes longer than the rest of the suite; .ci/run runs it after `make test`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -14,11 +15,12 @@ PRESET ?= default
 CONFIG ?= config/$(PRESET).yaml
 CORES ?= all
 
-.PHONY: help setup reproduce test clean
+.PHONY: help setup reproduce test test-cluster clean
 
 help:
 	@echo "make reproduce   run the pipeline at the $(PRESET) preset (PRESET=ci|default|paper or CONFIG=file.yaml, CORES=N)"
 	@echo "make test        run the tests"
+	@echo "make test-cluster  run the ci preset on a one-node SLURM cluster started here, against a local run"
 	@echo "make setup       create .venv and install the project (both targets above do it first)"
 	@echo "make clean       delete everything the pipeline wrote under results/"
 
@@ -27,20 +29,21 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@# Shared libraries that slim Debian images lack: Open3D links libusb-1.0; the OpenCV wheel that
 	@# mediapipe requires (opencv-contrib-python, not headless) links libGL and GLib. The report's browser
-	@# test (tests/test_report.py) drives headless Chromium through chromedriver.
+	@# test (tests/test_report.py) drives headless Chromium through chromedriver. The SLURM test
+	@# (tests/test_slurm.py) runs munged, slurmctld and slurmd from slurm-wlm, with a configuration of its own.
 	@missing=""; libs="$$( { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } )"; \
 	for pair in libusb-1.0.so.0:libusb-1.0-0 libGL.so.1:libgl1 libglib-2.0.so.0:libglib2.0-0; do \
 	  echo "$$libs" | grep -q "$${pair%%:*}" || missing="$$missing $${pair##*:}"; \
 	done; \
-	for pair in chromium:chromium chromedriver:chromium-driver; do \
-	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; \
+	for pair in chromium:chromium chromedriver:chromium-driver slurmctld:slurm-wlm; do \
+	  { command -v "$${pair%%:*}" || [ -x "/usr/sbin/$${pair%%:*}" ]; } >/dev/null || missing="$$missing $${pair##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages the wheels and tests need:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 	@test -x $(BIN)/python || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
-	$(BIN)/python -m pip install --quiet -e '.[pipeline,test]'
+	$(BIN)/python -m pip install --quiet -e '.[pipeline,test,cluster]'
 	@touch $@
 
 # The config is checked first (Snakemake reads a --configfile before the workflow's own check, and
@@ -51,7 +54,10 @@ reproduce: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
 
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not cluster"
+
+test-cluster: setup
+	$(BIN)/pytest -m cluster -rP tests/test_slurm.py
 
 clean:
 	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -242,12 +242,12 @@ def test_snakemake_validate_rejects_what_load_config_rejects(bad):
 
 def test_environment_yml_pins_what_pyproject_pins():
     """The conda route installs the same packages at the same pins as `make setup` (pyproject.toml's
-    dependencies and its pipeline and test extras)."""
+    dependencies and its pipeline, cluster and test extras)."""
     import tomllib
 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [*project["dependencies"], *project["optional-dependencies"]["pipeline"],
-              *project["optional-dependencies"]["test"]]
+    extras = project["optional-dependencies"]
+    wanted = [*project["dependencies"], *extras["pipeline"], *extras["cluster"], *extras["test"]]
     environment = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
     pip = next(entry["pip"] for entry in environment["dependencies"] if isinstance(entry, dict))
     assert [p for p in pip if p != "-e ."] == [w.replace(" ", "") for w in wanted]

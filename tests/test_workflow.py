@@ -81,13 +81,48 @@ def test_rule_files_exist_for_each_stage():
 # OMP_NUM_THREADS=1 for it, which made e2_e3_real run on one of two cores (1,119 s wall, 1,088 s CPU).
 MULTICORE_STAGES = ("synthetic", "e1_synthetic", "e2_e3_real", "e4_baselines", "e5_conv_autoencoder",
                     "e6_learned_decoder", "e7_speed", "e8_qualitative")
+# Stages that run torch on the config's device (select_device): on a cluster they ask for a GPU when it is cuda.
+DEVICE_STAGES = ("e1_synthetic", "e2_e3_real", "e4_baselines", "e5_conv_autoencoder", "e6_learned_decoder",
+                 "e7_speed", "e8_qualitative", "report")
 
 
-def test_torch_stages_claim_every_core():
-    assert set(MULTICORE_STAGES) <= set(dvc_stages())
-    for stage in MULTICORE_STAGES:
-        rule = (REPO_ROOT / "workflow" / "rules" / f"{stage}.smk").read_text()
-        assert "threads: workflow.cores" in rule, f"workflow/rules/{stage}.smk leaves its stage one core"
+def dry_run_jobs(*args: str) -> dict[str, tuple[int, dict[str, str]]]:
+    """{rule: (threads, resources)} of a forced dry run of the ci preset."""
+    result = snakemake("-n", "--forceall", "--configfile", "config/ci.yaml", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs, rule = {}, None
+    for line in result.stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+            jobs[rule] = (1, {})
+        elif rule and line.strip().startswith("threads:"):
+            jobs[rule] = (int(line.split(":")[1]), jobs[rule][1])
+        elif rule and line.strip().startswith("resources:"):
+            pairs = (item.split("=", 1) for item in line.split(":", 1)[1].split(", "))
+            jobs[rule] = (jobs[rule][0], {k.strip(): v for k, v in pairs})
+    return jobs
+
+
+def test_torch_stages_claim_every_core_and_every_stage_states_its_resources():
+    jobs = dry_run_jobs("--cores", "3")
+    assert set(jobs) == set(dvc_stages()) | {"all"}
+    for stage in dvc_stages():
+        threads, resources = jobs[stage]
+        assert threads == (3 if stage in MULTICORE_STAGES else 1), stage
+        assert int(resources["mem_mb"]) > 0 and int(resources["runtime"]) > 0, stage
+        assert "gpu" not in resources, stage  # device auto asks for no GPU
+
+
+def test_device_stages_ask_for_a_gpu_when_the_device_is_cuda():
+    jobs = dry_run_jobs("--cores", "1", "--config", "device=cuda")
+    assert {stage for stage in dvc_stages() if jobs[stage][1].get("gpu") == "1"} == set(DEVICE_STAGES)
+
+
+def test_device_stages_are_those_that_select_a_device():
+    """The stages whose module calls select_device, itself or through run_training (mofa/training/runs.py)."""
+    for stage in dvc_stages():
+        code = (REPO_ROOT / "pipelines" / f"{stage}.py").read_text()
+        assert ("select_device" in code or "run_training" in code) == (stage in DEVICE_STAGES), stage
 
 
 def test_snakemake_dry_run_ci():

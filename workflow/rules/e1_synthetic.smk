@@ -7,7 +7,9 @@ rule e1_synthetic:
     params:
         command=stage_command("e1_synthetic"),
         settings=stage_params("e1_synthetic"),
-    threads: workflow.cores  # torch and Open3D use every core; Snakemake would otherwise allow one
+    threads: stage_threads("e1_synthetic")
+    resources:
+        **stage_resources("e1_synthetic"),
     log:
         stage_log("e1_synthetic"),
     benchmark:

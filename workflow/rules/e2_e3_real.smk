@@ -7,7 +7,9 @@ rule e2_e3_real:
     params:
         command=stage_command("e2_e3_real"),
         settings=stage_params("e2_e3_real"),
-    threads: workflow.cores  # torch uses every core; Snakemake would otherwise allow one (and set OMP_NUM_THREADS=1)
+    threads: stage_threads("e2_e3_real")
+    resources:
+        **stage_resources("e2_e3_real"),
     log:
         stage_log("e2_e3_real"),
     benchmark:

@@ -7,7 +7,9 @@ rule e4_baselines:
     params:
         command=stage_command("e4_baselines"),
         settings=stage_params("e4_baselines"),
-    threads: workflow.cores  # torch and Open3D use every core; Snakemake would otherwise allow one
+    threads: stage_threads("e4_baselines")
+    resources:
+        **stage_resources("e4_baselines"),
     log:
         stage_log("e4_baselines"),
     benchmark:

@@ -7,7 +7,9 @@ rule e5_conv_autoencoder:
     params:
         command=stage_command("e5_conv_autoencoder"),
         settings=stage_params("e5_conv_autoencoder"),
-    threads: workflow.cores  # torch uses every core; Snakemake would otherwise allow one
+    threads: stage_threads("e5_conv_autoencoder")
+    resources:
+        **stage_resources("e5_conv_autoencoder"),
     log:
         stage_log("e5_conv_autoencoder"),
     benchmark:

@@ -7,7 +7,9 @@ rule e6_learned_decoder:
     params:
         command=stage_command("e6_learned_decoder"),
         settings=stage_params("e6_learned_decoder"),
-    threads: workflow.cores  # torch and Open3D use every core; Snakemake would otherwise allow one
+    threads: stage_threads("e6_learned_decoder")
+    resources:
+        **stage_resources("e6_learned_decoder"),
     log:
         stage_log("e6_learned_decoder"),
     benchmark:

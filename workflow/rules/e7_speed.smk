@@ -7,7 +7,9 @@ rule e7_speed:
     params:
         command=stage_command("e7_speed"),
         settings=stage_params("e7_speed"),
-    threads: workflow.cores  # torch and Open3D use every core; Snakemake would otherwise allow one
+    threads: stage_threads("e7_speed")
+    resources:
+        **stage_resources("e7_speed"),
     log:
         stage_log("e7_speed"),
     benchmark:

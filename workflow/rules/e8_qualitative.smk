@@ -7,7 +7,9 @@ rule e8_qualitative:
     params:
         command=stage_command("e8_qualitative"),
         settings=stage_params("e8_qualitative"),
-    threads: workflow.cores  # torch uses every core; Snakemake would otherwise allow one (and set OMP_NUM_THREADS=1)
+    threads: stage_threads("e8_qualitative")
+    resources:
+        **stage_resources("e8_qualitative"),
     log:
         stage_log("e8_qualitative"),
     benchmark:

@@ -7,6 +7,9 @@ rule face_model:
     params:
         command=stage_command("face_model"),
         settings=stage_params("face_model"),
+    threads: stage_threads("face_model")
+    resources:
+        **stage_resources("face_model"),
     log:
         stage_log("face_model"),
     benchmark:

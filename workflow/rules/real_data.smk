@@ -7,6 +7,9 @@ rule real_data:
     params:
         command=stage_command("real_data"),
         settings=stage_params("real_data"),
+    threads: stage_threads("real_data")
+    resources:
+        **stage_resources("real_data"),
     log:
         stage_log("real_data"),
     benchmark:

@@ -7,6 +7,9 @@ rule report:
     params:
         command=stage_command("report"),
         settings=stage_params("report"),
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     log:
         stage_log("report"),
     benchmark:

@@ -7,7 +7,9 @@ rule synthetic:
     params:
         command=stage_command("synthetic"),
         settings=stage_params("synthetic"),
-    threads: workflow.cores  # torch and Open3D use every core; Snakemake would otherwise allow one
+    threads: stage_threads("synthetic")
+    resources:
+        **stage_resources("synthetic"),
     log:
         stage_log("synthetic"),
     benchmark:
