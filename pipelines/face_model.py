@@ -21,7 +21,8 @@ PARAMS = ("face_model", "camera")
 # rule's input list the same, so that an edit to any of it reruns the stage under both engines.
 SOURCES = ("config/schema.yaml", "mofa/__init__.py", "mofa/errors.py", "mofa/io.py", "mofa/config.py", "mofa/facemodel",
            "mofa/decoder", "mofa/render", "mofa/figures/__init__.py", "mofa/figures/face_model_card.py",
-           "mofa/bench.py", "mofa/losses.py", "mofa/landmarks.py",
+           "mofa/bench.py", "mofa/losses.py", "mofa/landmarks.py", "mofa/training/__init__.py",
+           "mofa/training/precision.py",  # the provenance line names the training precision
            "pipelines/__init__.py", "pipelines/_stage.py", "pipelines/tables.py", "pipelines/face_model.py")
 
 log = logging.getLogger(f"mofa.stage.{NAME}")
