@@ -166,7 +166,7 @@ def test_stage_command_line_reports_config_errors_in_one_line(capsys, restore_lo
     assert status == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
     assert len(errors) == 1
-    assert errors[0].endswith("stage face_model failed: config/ci.yaml + overrides: unknown key 'face_model.foo' "
+    assert errors[0].endswith("stage face_model failed: mofa/presets/ci.yaml + overrides: unknown key 'face_model.foo' "
                               "(face_model takes cache_dir, expression_path, face_region, landmarks_path, "
                               "n_expression, n_reflectance, n_shape, name, path)")
 
