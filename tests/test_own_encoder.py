@@ -76,7 +76,7 @@ def test_config_takes_an_own_encoder_with_its_module_and_fills_its_defaults():
     ({f"encoders.{NAME}.module": MODULE, f"encoders.{NAME}.dropout": 1.5}, f"encoders.{NAME}.dropout: 1.5 is greater"),
 ])
 def test_config_errors_name_the_key(overrides, message):
-    with pytest.raises(MofaError, match="^config/ci.yaml \\+ overrides: ") as error:
+    with pytest.raises(MofaError, match="^mofa/presets/ci.yaml \\+ overrides: ") as error:
         load_config("ci", overrides)
     assert message in str(error.value)
 
