@@ -27,14 +27,21 @@ pytestmark = pytest.mark.cluster
 # they differ between any two runs. Every other cell, and every file not named here, must be equal
 # byte for byte, once each run's results_dir is written as <results_dir> (E3's init column names the E1
 # weights it started from by path).
+# The machine's load around a timing (mofa.machine_load.LoadMonitor.summary).
+LOAD_COLUMNS = ("load_1min_before", "load_1min_after", "other_cpu_before", "other_cpu_during", "other_cpu_after",
+                "machine_idle")
+# Tables whose title states measured figures (E7's peak GFLOP/s; E4's and E7's load note): the title line
+# is compared without them, as its provenance must still agree.
+TIMED_TITLES = {"e4_baselines", "e7_speed"}
 TIMING_COLUMNS = {
     "e1_synthetic_curves": {"seconds"},
     "e2_real_curves": {"seconds"},
     "e3_variants": {"seconds_per_iteration"},
-    "e4_baselines": {"ms_per_image", "speedup_over_gauss_newton"},
+    "e4_baselines": {"ms_per_image", "speedup_over_gauss_newton", "ms_per_image_one_at_a_time_first_2", *LOAD_COLUMNS},
     "e5_conv_autoencoder": {"training_seconds"},
     "e6_learned_decoder": {"training_seconds"},
-    "e7_speed": {"ms_per_image", "step_ms", "images_per_s", "decoder_loss_ms", "decoder_loss_share"},
+    "e7_speed": {"ms_per_image", "step_ms", "images_per_s", "decoder_loss_ms", "decoder_loss_share", "encoder_gflops",
+                 "peak_fraction", *LOAD_COLUMNS},
     "runtime": {"wall_time", "wall_s", "max_rss_mb", "cpu_s"},  # Snakemake's benchmark files
 }
 STAGES = sorted(p.stem for p in (REPO_ROOT / "workflow" / "rules").glob("*.smk") if p.stem != "common")
@@ -65,6 +72,9 @@ def snakemake(*args: str, log: Path, env: dict | None = None) -> float:
     return seconds
 
 
+PROVENANCE = "; preset "  # where a table's title ends (mofa.results.PROVENANCE_START)
+
+
 def located(path: Path, results_dir: str) -> str:
     """The file's text with `results_dir` written as <results_dir>."""
     return path.read_text().replace(results_dir, "<results_dir>") if results_dir else path.read_text()
@@ -75,9 +85,14 @@ def table_lines(path: Path, results_dir: str) -> list[list[str] | str]:
     padding Markdown adds, which follows the widest cell), any other line as it is."""
     text = located(path, results_dir)
     if path.suffix == ".csv":
-        return [line if line.startswith("#") else next(csv.reader([line])) for line in text.splitlines()]
-    return [[cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else line
-            for line in text.splitlines()]
+        lines = [line if line.startswith("#") else next(csv.reader([line])) for line in text.splitlines()]
+    else:
+        lines = [[cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else line
+                 for line in text.splitlines()]
+    if path.stem in TIMED_TITLES:  # keep the provenance (after the title), drop the title's measured figures
+        lines = [line.split(PROVENANCE, 1)[-1] if isinstance(line, str) and PROVENANCE in line else line
+                 for line in lines if not (isinstance(line, str) and line.startswith("**"))]  # Markdown title
+    return lines
 
 
 def without_columns(lines: list, columns: set[str], path: Path) -> list:
