@@ -135,3 +135,41 @@ def default_camera():
     """The camera of the `default` preset."""
     from mofa.config import camera_from_config, load_config
     return camera_from_config(load_config("default"))
+
+
+@pytest.fixture(scope="module")
+def cache(ict_dir, tmp_path_factory):
+    """A face-model cache holding the ci preset's model (built once per test module)."""
+    from mofa.config import load_config
+    from mofa.facemodel import build_face_model
+    folder = tmp_path_factory.mktemp("cache")
+    build_face_model(load_config("ci", {"face_model.cache_dir": str(folder)}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(cache, tmp_path_factory):
+    """Weights of a fresh AlexNet encoder for the ci face model, with its encoder.json."""
+    import torch
+
+    from mofa.config import load_config
+    from mofa.facemodel import build_face_model
+    from mofa.training.runs import make_encoder, training_decoder, write_encoder_card
+    root = tmp_path_factory.mktemp("run")
+    cfg = load_config("ci", {"face_model.cache_dir": str(cache)})
+    decoder = training_decoder(cfg, build_face_model(cfg))
+    encoder = make_encoder(cfg, "alexnet", decoder)
+    torch.save(encoder.state_dict(), root / "encoder.pt")
+    write_encoder_card(root, cfg, "alexnet", decoder, encoder)
+    return root / "encoder.pt"
+
+
+@pytest.fixture
+def restore_logging():
+    """A stage's logging setup replaces the root handlers; put pytest's back afterwards."""
+    import logging
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -24,7 +23,6 @@ import torch
 from mofa import io
 from mofa.config import REPO_ROOT, load_config
 from mofa.errors import MofaError
-from mofa.facemodel import build_face_model
 from mofa.training.trainer import CHECKPOINT, FINAL, METRICS
 from pipelines import _stage
 
@@ -32,13 +30,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
 # As tests/test_robustness.py's TINY, with AlexNet alone: the ci preset's E1 in seconds.
 TINY = {"synthetic.n_train": 8, "synthetic.n_test": 2, "training.batch_size": 2, "training.eval_images": 2,
         "training.checkpoint_every": 2, "e1.iterations": 6, "e1.evaluations": 2, "e1.encoders": ["alexnet"]}
-
-
-@pytest.fixture(scope="module")
-def cache(ict_dir, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cache")
-    build_face_model(load_config("ci", {"face_model.cache_dir": str(folder)}))
-    return folder
 
 
 def leftovers(folder: Path) -> list[Path]:
@@ -93,15 +84,6 @@ def full_disk(tmp_path, monkeypatch):
     for folder in mounted:
         if folder is not None:
             subprocess.run(["umount", str(folder)], check=True)
-
-
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def run_stage(module, overrides: dict, log: Path, capsys) -> tuple[int, list[str]]:
@@ -284,7 +266,7 @@ def snakemake_command(workdir: Path, *args: str) -> list[str]:
 @pytest.fixture(scope="module")
 def reference_e1(cache, tmp_path_factory) -> dict:
     """E1 at TINY without interruption, the stages run directly."""
-    from pipelines import e1_synthetic, face_model, synthetic
+    from pipelines import face_model, synthetic
     root = tmp_path_factory.mktemp("reference")
     preset = tiny_preset(root, cache)
     cfg = load_config(["ci", preset], {"results_dir": str(root / "results")})

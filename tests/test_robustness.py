@@ -22,8 +22,6 @@ import torch
 from mofa.config import REPO_ROOT, load_config
 from mofa.decoder import CodeLayout
 from mofa.encoders import build_encoder
-from mofa.facemodel import build_face_model
-from mofa.training.runs import make_encoder, training_decoder, write_encoder_card
 from mofa.training.trainer import CHECKPOINT, FINAL, METRICS
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
@@ -46,26 +44,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *names) -> str:
     for name in names:
         assert str(name) in lines[0], (name, lines[0])
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def cache(ict_dir, tmp_path_factory) -> Path:
-    """A face-model cache holding the ci preset's model (built once here)."""
-    folder = tmp_path_factory.mktemp("cache")
-    build_face_model(load_config("ci", {"face_model.cache_dir": str(folder)}))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def checkpoint(cache, tmp_path_factory) -> Path:
-    """Weights of a fresh AlexNet encoder for the ci face model, with its encoder.json."""
-    root = tmp_path_factory.mktemp("run")
-    cfg = load_config("ci", {"face_model.cache_dir": str(cache)})
-    decoder = training_decoder(cfg, build_face_model(cfg))
-    encoder = make_encoder(cfg, "alexnet", decoder)
-    torch.save(encoder.state_dict(), root / "encoder.pt")
-    write_encoder_card(root, cfg, "alexnet", decoder, encoder)
-    return root / "encoder.pt"
 
 
 def face_image() -> np.ndarray:

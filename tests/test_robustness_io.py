@@ -15,16 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-import torch
 
 from mofa.cli import main
 from mofa.config import REPO_ROOT, load_config
 from mofa.errors import MofaError
-from mofa.facemodel import build_face_model
-from mofa.training.runs import make_encoder, training_decoder, write_encoder_card
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
 
@@ -79,25 +75,6 @@ def tmpfs(where: Path, size: str, read_only: bool = False):
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def cache(ict_dir, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cache")
-    build_face_model(load_config("ci", {"face_model.cache_dir": str(folder)}))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def checkpoint(cache, tmp_path_factory) -> Path:
-    """Weights of a fresh AlexNet encoder for the ci face model, with its encoder.json."""
-    root = tmp_path_factory.mktemp("run")
-    cfg = load_config("ci", {"face_model.cache_dir": str(cache)})
-    decoder = training_decoder(cfg, build_face_model(cfg))
-    encoder = make_encoder(cfg, "alexnet", decoder)
-    torch.save(encoder.state_dict(), root / "encoder.pt")
-    write_encoder_card(root, cfg, "alexnet", decoder, encoder)
-    return root / "encoder.pt"
 
 
 def ibug_folder() -> Path:

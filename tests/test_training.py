@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from interrupt import DiesAt, Killed  # tests/interrupt.py
 import torch
 
 from mofa.data.synthetic import CodeDistribution, SyntheticSet, generate_split
@@ -53,26 +54,6 @@ def test_short_training_run_lowers_the_loss(setup, tmp_path):
     after = batch_loss(encoder, decoder, train_set)
     assert after < 0.995 * before, (before, after)  # AdaDelta starts with tiny steps
     assert (tmp_path / FINAL).exists() and (tmp_path / CHECKPOINT).exists()
-
-
-class Killed(Exception):
-    pass
-
-
-class DiesAt:
-    """Training data that raises at a given iteration's batch, like a killed process."""
-
-    def __init__(self, data, calls_before_death: int):
-        self.data, self.left = data, calls_before_death
-
-    def __len__(self):
-        return len(self.data)
-
-    def batch(self, indices, device="cpu"):
-        self.left -= 1
-        if self.left < 0:
-            raise Killed
-        return self.data.batch(indices, device)
 
 
 def test_interrupted_training_resumes_to_the_same_metrics(setup, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ import yaml
 from mofa.config import CONFIG_DIR, REPO_ROOT, load_config, presets, read_yaml
 from pipelines import _stage
 from mofa.errors import MofaError
-from pipelines import _stage
 
 
 def dvc_stages() -> dict:
@@ -148,16 +146,6 @@ def test_snakemake_rejects_a_bad_config(tmp_path):
     result = snakemake("-n", "--cores", "1", "--configfile", str(bad))
     assert result.returncode != 0
     assert "foo" in result.stdout + result.stderr
-
-
-@pytest.fixture
-def restore_logging():
-    """The stage's logging setup replaces the root handlers; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_stage_command_line_reports_config_errors_in_one_line(capsys, restore_logging):
