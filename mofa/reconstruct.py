@@ -81,7 +81,6 @@ def default_checkpoint(results_root: str | Path | None = None) -> Path:
     """The encoder `make reproduce` trained that did best on the AFLW2000 eval split: the E3 variant
     with the lowest mean 68-point NME over the yaw bins (tables/e3_variants.csv); results_root: the
     results folder of the default preset (None: project_results())."""
-    import pandas as pd
 
     results_root = project_results() if results_root is None else Path(results_root)
     table_path = results_root / E3_TABLE

@@ -153,7 +153,7 @@ def run(cfg: dict) -> dict:
     from mofa.training.distributed import is_main
     from mofa.training.evaluate import real_evaluator, real_per_image
     from mofa.training.mixed import MixedSource
-    from mofa.training.runs import run_training, training_decoder
+    from mofa.training.runs import prepare_run_dir, run_training, training_decoder
     from pipelines.tables import figure_metadata, write_csv, write_table
 
     e3, out = cfg["e3"], outputs(cfg)
@@ -173,7 +173,6 @@ def run(cfg: dict) -> dict:
     for encoder_name, landmarks in variants(cfg):
         name, vcfg = variant_name(encoder_name, landmarks), variant_config(cfg, encoder_name)
         folder, init = run_dir(cfg, encoder_name, landmarks), init_weights(cfg, encoder_name)
-        from mofa.training.runs import prepare_run_dir
         prepare_run_dir(folder, run_key(vcfg, encoder_name, landmarks, init) | {"data": data_hashes(cfg, NAME),
                                                                               "code": _stage.code_hash(SOURCES)})
         input_size = vcfg["training"]["input_size"]

@@ -3,6 +3,7 @@ the CLI and a stage run from another directory."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_a_plain_install_runs_model_info_and_a_ci_stage_from_elsewhere(ict_dir, tmp_path):
     target = tmp_path / "site"
+    # Built from a copy of the tracked files, so that setuptools' build/ folder (which keeps files deleted
+    # from the source) neither lands in the checkout nor feeds the install.
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    source = tmp_path / "source"
+    for name in tracked:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        if (REPO / name).is_symlink():
+            (source / name).symlink_to(os.readlink(REPO / name))
+        elif (REPO / name).is_file():
+            shutil.copy2(REPO / name, source / name)
     # --no-deps: the dependencies are this environment's; --target: a copy, not a link to the checkout.
     build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                            "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=600)
+                            "--target", str(target), str(source)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-2000:]
     assert sorted(p.name for p in (target / "mofa" / "presets").iterdir()) == ["ci.yaml", "default.yaml", "paper.yaml",
                                                                               "schema.yaml"]

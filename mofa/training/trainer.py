@@ -149,10 +149,6 @@ def predict_codes(encoder: torch.nn.Module, images: torch.Tensor, input_size: in
     return codes
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    torch_save(obj, path)
-
-
 def atomic_csv(frame: pd.DataFrame, path: Path) -> None:
     write_text(path, frame.to_csv(index=False, float_format="%.6g"))
 
@@ -290,14 +286,14 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
                                  **train_terms, **evaluate(encoder)})
                     atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
             if world.is_main:
-                atomic_torch_save({"iteration": it, "encoder": encoder.state_dict(), "optimiser": optimiser.state_dict(),
+                torch_save({"iteration": it, "encoder": encoder.state_dict(), "optimiser": optimiser.state_dict(),
                                    "running_loss": running, "settings": _settings_key(settings),
                                    "rows": _plain(rows)}, ckpt_path)
             tick = time.perf_counter()
     bar.close()
     world.unwrap(encoder)
     if world.is_main:
-        atomic_torch_save(encoder.state_dict(), run_dir / FINAL)
+        torch_save(encoder.state_dict(), run_dir / FINAL)
     world.barrier()
     # The curves as on disk (6 digits), so that a resumed and an uninterrupted run return, and plot,
     # exactly the same numbers.
