@@ -11,12 +11,19 @@ layer back from the code to the 256-channel map, a sigmoid on the output (colour
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mofa import io
+from mofa.training.trainer import load_checkpoint
+
+log = logging.getLogger(__name__)
 
 ENCODER_CHANNELS = (64, 96, 128, 256)
 DECODER_CHANNELS = (128, 96, 64, 3)
@@ -165,34 +172,63 @@ def draw(source, indices: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def train_adam(model: torch.nn.Module, source, batch_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-               iterations: int, batch_size: int, lr: float, seed: int, device: torch.device) -> list[float]:
+               iterations: int, batch_size: int, lr: float, seed: int, device: torch.device,
+               checkpoint: Path | None = None, checkpoint_every: int = 100) -> list[float]:
     """Adam on batches of `batch_size` samples drawn at random (seeded) from `source` (see `draw`);
     batch_loss(batch) -> scalar loss of the model on one batch. Leaves the model in eval mode; returns
-    the loss of every iteration."""
+    the loss of every iteration.
+
+    With `checkpoint`, the model, optimiser, sampler state and losses are written there (atomically)
+    every `checkpoint_every` iterations and at the end, and a run that finds a checkpoint of the same
+    settings continues from it to the same weights and losses as an uninterrupted run; one of other
+    settings is replaced."""
     model.to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     n = source_size(source)
-    losses = []
-    for _ in range(iterations):
+    settings = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "seed": seed, "samples": n,
+                "parameters": sum(p.numel() for p in model.parameters())}
+    losses: list[float] = []
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(Path(checkpoint))
+        if state.get("settings") == settings:
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            generator.set_state(state["generator"])
+            losses = list(state["losses"])
+            log.info("%s: resuming from iteration %d of %d", checkpoint, len(losses), iterations)
+        else:
+            log.info("%s: written with other settings (%s, now %s); starting over", checkpoint,
+                     state.get("settings"), settings)
+
+    def save() -> None:
+        io.torch_save({"settings": settings, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                       "generator": generator.get_state(), "losses": losses}, checkpoint)
+
+    for it in range(len(losses), iterations):
         value = batch_loss(draw(source, torch.randint(n, (batch_size,), generator=generator)))
         optimiser.zero_grad(set_to_none=True)
         value.backward()
         optimiser.step()
         losses.append(float(value.detach()))
+        if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
+            save()
     model.eval()
     return losses
 
 
 def train_conv_autoencoder(model: ConvAutoencoder, images_source, iterations: int, batch_size: int = 32,
                            lr: float = 1e-3, seed: int = 0, loss: ReconstructionLoss = "l2",
-                           device: str | torch.device = "cpu") -> list[float]:
+                           device: str | torch.device = "cpu", checkpoint: Path | None = None,
+                           checkpoint_every: int = 100) -> list[float]:
     """Train the autoencoder on images drawn at random (seeded) from `images_source` (see `draw`;
-    images are resized to the model's size) with Adam; returns the loss of every iteration."""
+    images are resized to the model's size) with Adam; returns the loss of every iteration. With
+    `checkpoint`, resumable (`train_adam`)."""
     device = torch.device(device)
 
     def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         images = fit_size(batch["images"].to(device).float(), model.image_size)
         return reconstruction_loss(model(images), images, loss)
 
-    return train_adam(model, images_source, batch_loss, iterations, batch_size, lr, seed, device)
+    return train_adam(model, images_source, batch_loss, iterations, batch_size, lr, seed, device,
+                      checkpoint, checkpoint_every)

@@ -6,6 +6,8 @@ Also the image-fidelity measures of that comparison: l1, PSNR and SSIM (Wang et 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,11 +38,12 @@ class LearnedDecoder(ConvImageDecoder):
 
 def train_learned_decoder(model: LearnedDecoder, source, iterations: int, batch_size: int = 32,
                           lr: float = 1e-3, seed: int = 0, loss: ReconstructionLoss = "l1",
-                          device: str | torch.device = "cpu") -> list[float]:
+                          device: str | torch.device = "cpu", checkpoint: Path | None = None,
+                          checkpoint_every: int = 100) -> list[float]:
     """Fit code -> image on pairs drawn at random (seeded) from `source`: a SyntheticSet (its codes and
     images, drawn from the synthetic code distribution), or a tuple (codes, images[, masks]) with
     masks (N, H, W) bool restricting the loss (e.g. to the face). Images are resized to the model's
-    size. Adam; returns the loss of every iteration."""
+    size. Adam; returns the loss of every iteration. With `checkpoint`, resumable (`train_adam`)."""
     device = torch.device(device)
 
     def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -50,7 +53,7 @@ def train_learned_decoder(model: LearnedDecoder, source, iterations: int, batch_
             mask = fit_size(mask.to(device)[:, None].float(), model.image_size)[:, 0] > 0.5
         return reconstruction_loss(model(batch["codes"].to(device).float()), images, loss, mask)
 
-    return train_adam(model, source, batch_loss, iterations, batch_size, lr, seed, device)
+    return train_adam(model, source, batch_loss, iterations, batch_size, lr, seed, device, checkpoint, checkpoint_every)
 
 
 # -- image fidelity ---------------------------------------------------------------------------------

@@ -352,6 +352,32 @@ def test_learned_decoder_training_lowers_the_loss(synthetic_split, layouts):
     assert np.mean(masked[-3:]) < np.mean(masked[:3])
 
 
+
+@pytest.mark.parametrize("train, network", [(train_conv_autoencoder, ConvAutoencoder), (train_learned_decoder, LearnedDecoder)])
+def test_baseline_training_killed_mid_way_resumes_to_the_same_weights_and_losses(train, network, synthetic_split,
+                                                                               layouts, tmp_path):
+    from interrupt import DiesAt, Killed
+
+    def run(source, checkpoint=None, iterations=12):
+        model = network(layouts[0], image_size=32, seed=0)
+        losses = train(model, source, iterations=iterations, batch_size=4, lr=2e-3, seed=0,
+                       checkpoint=checkpoint, checkpoint_every=4)
+        return model, losses
+
+    reference, reference_losses = run(synthetic_split)
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(Killed):
+        run(DiesAt(synthetic_split, 10), checkpoint)  # killed in iteration 11, after the checkpoint at 8
+    assert len(torch.load(checkpoint, weights_only=True)["losses"]) == 8
+    resumed, resumed_losses = run(synthetic_split, checkpoint)
+    assert resumed_losses == reference_losses
+    for name, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    # A checkpoint of other settings (12 iterations, now 14) is not resumed from: the run starts over,
+    # so it needs all 14 batches, not the last 2.
+    with pytest.raises(Killed):
+        run(DiesAt(synthetic_split, 13), checkpoint, iterations=14)
+
 # -- image fidelity -------------------------------------------------------------------------------------
 
 def test_ssim_known_values():
