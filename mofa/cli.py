@@ -82,6 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mofa.evaluation.aflw2000 import benchmark_folder
     from mofa.facemodel import build_face_model
     from mofa.encoders.card import card_path, read_card
+    from mofa.realdata.crop_policy import CropPolicy
     from mofa.training.runs import load_encoder, training_decoder
 
     for out in (args.out, args.landmarks_out):  # before the evaluation, not after it
@@ -99,13 +100,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.device:
         cfg["device"] = args.device
     encoder_name = args.encoder or card.get("encoder") or "alexnet"
-    rd = cfg["real_data"]
     device = select_device(cfg)
     decoder = training_decoder(cfg, build_face_model(cfg)).to(device)
     encoder, trained_size = load_encoder(cfg, encoder_name, decoder, args.checkpoint)
     input_size = args.input_size or trained_size or cfg["training"]["input_size"]
-    result = benchmark_folder(args.root, encoder.to(device), decoder, input_size, max_images=args.limit,
-                              margin=rd["margin"], progress=args.verbose)
+    result = benchmark_folder(args.root, encoder.to(device), decoder, input_size, CropPolicy.from_config(cfg),
+                              max_images=args.limit, progress=args.verbose)
     print(f"{encoder_name} encoder from {args.checkpoint} (input {input_size} px) on {args.root}:")
     print(result.report())
     if args.out:

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from mofa.errors import MofaError
+from mofa.realdata.crop_policy import CropPolicy
 
 log = logging.getLogger(__name__)
-CROP_MARGIN = 0.4  # the margin of mofa.realdata.prepare: faces the size the encoders were trained on
 # E3's table, whose best variant on the AFLW2000 eval split `mofa reconstruct` uses by default.
 E3_TABLE = Path("tables") / "e3_variants.csv"
 
@@ -39,6 +39,7 @@ class Reconstructor:
     mesh_decoder: torch.nn.Module
     input_size: int
     checkpoint: Path
+    policy: CropPolicy  # the crop of the encoder's preset, as its training data was prepared
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path) -> "Reconstructor":
@@ -66,7 +67,8 @@ class Reconstructor:
                                 rotation_bound_rad=card_module.rotation_bound_rad(card["rotation_bound_deg"]),
                                 module=card.get("module"), options=card.get("options"))
         card_module.load_weights(encoder, state, checkpoint, card["encoder"])
-        return cls(encoder.eval(), decoder, mesh_decoder, int(card["input_size"]), checkpoint)
+        return cls(encoder.eval(), decoder, mesh_decoder, int(card["input_size"]), checkpoint,
+                   CropPolicy.from_config(cfg))
 
 
 def project_results() -> Path:
@@ -158,7 +160,7 @@ def _write(path: Path, writer: Callable[[Path], None]) -> None:
 def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path) -> list[Path]:
     """Reconstruct every face found in one photo; returns the files written. MofaError when the
     photo is unreadable or holds no face."""
-    from mofa.realdata.detect import CropWindow, detect_faces_mediapipe
+    from mofa.realdata.detect import detect_faces_mediapipe
     from mofa.render.raycast import render, shaded_geometry_colours
     from mofa.training.trainer import predict_codes
 
@@ -168,10 +170,15 @@ def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path
     boxes = boxes[np.argsort(-boxes[:, 2] * boxes[:, 3], kind="stable")]  # face0 the largest
     if len(boxes) == 0:
         raise MofaError(f"{photo}: no face found (MediaPipe BlazeFace); try a larger, well-lit face")
+    small = [rec.policy.too_small(box) for box in boxes]
+    if all(small):
+        raise MofaError(f"{photo}: every face found is too small to reconstruct ({small[0]}, real_data.min_face_px)")
+    for k in np.flatnonzero(small):
+        log.warning("%s: skipping a face too small to reconstruct (%s)", photo, small[k])
+    boxes = boxes[[not reason for reason in small]]
     if len(boxes) > 1:
         log.warning("%s: %d faces found; reconstructing each (face0 is the largest)", photo, len(boxes))
-    size = rec.decoder.camera.image_size
-    windows = [CropWindow.around(box, CROP_MARGIN, size) for box in boxes]
+    windows = [rec.policy.window(box) for box in boxes]
     crops = np.stack([w.crop(rgb) for w in windows])
     images = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
     codes = predict_codes(rec.encoder, images, rec.input_size)

@@ -149,6 +149,7 @@ def run(cfg: dict) -> dict:
     from mofa.figures.variants import plot_variant_bars
     from mofa.figures.spread import plot_spread
     from mofa.realdata.benchmark_crops import BenchmarkCrops
+    from mofa.realdata.crop_policy import CropPolicy
     from mofa.realdata.prepare import RealFaceSet
     from mofa.training.distributed import is_main
     from mofa.training.evaluate import real_evaluator, real_per_image
@@ -161,8 +162,7 @@ def run(cfg: dict) -> dict:
     aflw = real_data.folder(cfg, "aflw2000")
     train_real = RealFaceSet(aflw, "train")
     with _stage.timed("cropping every AFLW2000 eval-split image"):
-        eval_real = BenchmarkCrops(real_data.split_samples(cfg, "aflw2000", "eval"), int(cfg["camera"]["image_size"]),
-                                   margin=cfg["real_data"]["margin"])
+        eval_real = BenchmarkCrops(real_data.split_samples(cfg, "aflw2000", "eval"), CropPolicy.from_config(cfg))
     mix = MixedSource(SyntheticSet(synthetic.data_dir(cfg) / "train"), train_real, e3["synthetic_fraction"])
     n_eval = min(cfg["training"]["eval_images"], len(eval_real))
     log.info("training on %d synthetic + %d real images (synthetic share of a batch %.2f); evaluating on %d of %d "

@@ -82,6 +82,7 @@ def split_samples(cfg: Mapping, dataset: str = "aflw2000", split: str = "eval") 
 
 def run(cfg: dict) -> dict:
     from mofa.realdata.adapters import adapter_for
+    from mofa.realdata.crop_policy import CropPolicy
     from mofa.realdata.prepare import prepare
 
     rd = cfg["real_data"]
@@ -91,10 +92,9 @@ def run(cfg: dict) -> dict:
         samples = list(adapter_for(dataset)(roots[dataset]))[: rd["max_images"]]
         log.info("%s: %d images from %s", dataset, len(samples), roots[dataset])
         # ibug68 is only ever shown, never trained on: all of it is one split
-        summary = prepare(samples, folder(cfg, dataset), image_size=int(cfg["camera"]["image_size"]),
-                          margin=rd["margin"], split_seed=rd["split_seed"],
+        summary = prepare(samples, folder(cfg, dataset), CropPolicy.from_config(cfg), split_seed=rd["split_seed"],
                           eval_fraction=rd["eval_fraction"] if dataset == "aflw2000" else 0.0,
-                          min_face_px=rd["min_face_px"], gt_box_fallback=rd["gt_box_fallback"])
+                          gt_box_fallback=rd["gt_box_fallback"])
         _stage.wrote(folder(cfg, dataset) / "summary.json")
         metrics.update({f"{dataset}_total": summary["total"], f"{dataset}_kept": summary["kept"],
                         f"{dataset}_seconds": summary["seconds"],

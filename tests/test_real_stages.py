@@ -18,6 +18,7 @@ from mofa.config import REPO_ROOT, load_config
 from mofa.decoder import Decoder, PinholeCamera
 from mofa.errors import MofaError
 from mofa.evaluation import aflw2000
+from mofa.realdata.crop_policy import CropPolicy
 from mofa.realdata.prepare import FORMAT_VERSION, MANIFEST_COLUMNS, RealFaceSet
 from mofa.training.mixed import MixedSource
 from mofa.training.runs import RUN_KEY, prepare_run_dir
@@ -216,7 +217,7 @@ def test_mofa_evaluate_aflw2000_scores_every_image_even_one_mediapipe_cannot_rea
     noise = np.random.default_rng(0).integers(0, 256, (450, 450, 3), dtype=np.uint8)
     cv2.imwrite(str(root / "image99999.jpg"), noise)
     shutil.copy(aflw_dir / f"{AFLW_IMAGES[0]}.mat", root / "image99999.mat")
-    crops = BenchmarkCrops(iter_aflw2000(root), 240)
+    crops = BenchmarkCrops(iter_aflw2000(root), CropPolicy(margin=0.4, min_face_px=64, image_size=240))
     assert crops.manifest.set_index("id").loc["aflw2000/image99999", "box_source"] == "gt"
     with MediaPipeLandmarker() as landmarker:
         assert landmarker.detect(crops.images[crops.ids.index("aflw2000/image99999")]) is None

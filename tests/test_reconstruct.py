@@ -85,6 +85,30 @@ def test_bad_photos_get_one_line_and_no_outputs(checkpoint, face_photo, tmp_path
     assert list(out.iterdir()) == []
 
 
+
+def test_a_face_under_the_preparations_smallest_is_skipped_with_its_size(checkpoint, face_photo, tmp_path, capsys):
+    """The crop policy is the preparation's (real_data.min_face_px, margin): a photo whose only face
+    is smaller than a training face may be is refused with the box size, not cropped to blur."""
+    from mofa.realdata.crop_policy import CropPolicy
+    from mofa.realdata.detect import detect_faces_mediapipe
+    from mofa.reconstruct import Reconstructor
+
+    policy = Reconstructor.from_checkpoint(checkpoint).policy
+    assert policy == CropPolicy.from_config(load_config("ci"))
+    rgb = cv2.cvtColor(cv2.imread(str(face_photo)), cv2.COLOR_BGR2RGB)
+    side = detect_faces_mediapipe(rgb)[0][0, 2]
+    scale = 0.75 * policy.min_face_px / side  # the face at about 48 px: found, but under 64
+    small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    boxes, _ = detect_faces_mediapipe(small)
+    assert len(boxes) and all(policy.too_small(box) for box in boxes), boxes  # the setup holds
+    photo = tmp_path / "small.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(photo), "--out", str(out), "--checkpoint", str(checkpoint)]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if "too small to reconstruct" in line]
+    assert len(lines) == 1 and str(photo) in lines[0] and f"< {policy.min_face_px} px" in lines[0]
+    assert not out.exists() or list(out.iterdir()) == []
+
 def test_unwritable_output_and_missing_checkpoint(checkpoint, face_photo, tmp_path, capsys):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from mofa.metrics import YAW_BINS, landmark_error, nme_aflw2000, nme_table, yaw_bins
+from mofa.realdata.crop_policy import CropPolicy
 from mofa.realdata.detect import crop_to_image
 from mofa.training.trainer import predict_codes
 
@@ -109,13 +110,13 @@ def score(real_set, encoder, decoder, input_size: int, summary: dict | None = No
     return BenchmarkResult(per_image, table, summary if summary is not None else dict(real_set.summary))
 
 
-def benchmark_folder(root: str | Path, encoder: torch.nn.Module, decoder, input_size: int,
-                     max_images: int | None = None, margin: float = 0.4, progress: bool = False) -> BenchmarkResult:
+def benchmark_folder(root: str | Path, encoder: torch.nn.Module, decoder, input_size: int, policy: CropPolicy,
+                     max_images: int | None = None, progress: bool = False) -> BenchmarkResult:
     """The whole chain on a folder in the AFLW2000-3D layout (imageNNNNN.jpg + .mat): crop every image
-    at the decoder camera's image size (BenchmarkCrops), then score every one."""
+    by `policy` (BenchmarkCrops), then score every one."""
     from mofa.realdata.adapters import iter_aflw2000
     from mofa.realdata.benchmark_crops import BenchmarkCrops
 
     samples = list(iter_aflw2000(root))[:max_images]
-    crops = BenchmarkCrops(samples, int(decoder.camera.image_size), margin=margin, progress=progress)
+    crops = BenchmarkCrops(samples, policy, progress=progress)
     return score(crops, encoder, decoder, input_size, crops.summary)

@@ -5,7 +5,7 @@ MediaPipe failure. A benchmark must not: the encoder needs no landmark detector 
 benchmark that drops its hardest images cannot sit beside published tables. Here each image is cropped
 around the Haar detection that overlaps its ground-truth landmark box, and where there is none, around
 a box made from the ground truth (as 3DDFA's AFLW2000-3D protocol crops from its roi boxes); the crop
-geometry is the preparation's (CropWindow.around, `margin`). An unreadable image or one without ground
+geometry is the preparation's (mofa.realdata.crop_policy). An unreadable image or one without ground
 truth (a malformed `.mat`, a file that does not decode) is skipped with its reason logged and counted
 in the summary: the one thing a benchmark cannot score.
 """
@@ -22,12 +22,12 @@ from tqdm import tqdm
 from mofa.errors import MofaError
 from mofa.landmarks import N_LANDMARKS
 from mofa.realdata.adapters import Sample
-from mofa.realdata.detect import CropWindow, choose_face, detect_faces, image_to_crop
+from mofa.realdata.crop_policy import CropPolicy
+from mofa.realdata.detect import choose_face, detect_faces, image_to_crop
 from mofa.realdata.images import FrameReader, UnreadableImage
 from mofa.realdata.prepare import gt_box
 
 log = logging.getLogger(__name__)
-MIN_HAAR_PX = 32  # the smallest Haar window searched (image px), the preparation's at its default min_face_px
 
 
 class BenchmarkCrops:
@@ -35,9 +35,9 @@ class BenchmarkCrops:
     `manifest` (id, yaw_deg, box_source, box_iou), `transforms` (N, 2, 3) crop <- image and
     `batch(indices)` -> images (B, 3, S, S) in [0, 1], gt_landmarks (B, 68, 2) crop px."""
 
-    def __init__(self, samples: Iterable[Sample], image_size: int, margin: float = 0.4, min_iou: float = 0.1,
-                 progress: bool = False):
+    def __init__(self, samples: Iterable[Sample], policy: CropPolicy, min_iou: float = 0.1, progress: bool = False):
         samples = list(samples)
+        image_size = policy.image_size
         images = np.zeros((len(samples), image_size, image_size, 3), np.uint8)
         gt = np.zeros((len(samples), N_LANDMARKS, 2), np.float32)
         transforms = np.zeros((len(samples), 2, 3), np.float64)
@@ -55,10 +55,10 @@ class BenchmarkCrops:
                     log.warning("skipping %s: %s", sample.image_path, exc)
                     continue
                 keep.append(i)
-                boxes = detect_faces(rgb, min_size_px=MIN_HAAR_PX)
+                boxes = detect_faces(rgb, min_size_px=policy.haar_min_px)
                 chosen, iou = choose_face(boxes, sample.hint_box, min_iou)
                 box, source = (boxes[chosen], "haar") if chosen is not None else (gt_box(sample.gt_landmarks), "gt")
-                window = CropWindow.around(box, margin, image_size)
+                window = policy.window(box)
                 images[i] = window.crop(rgb)
                 transforms[i] = window.transform
                 gt[i] = image_to_crop(sample.gt_landmarks, window.transform)

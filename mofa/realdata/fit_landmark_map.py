@@ -25,10 +25,11 @@ import numpy as np
 
 from mofa.errors import MofaError
 from mofa.io import write_text
+from mofa.realdata.crop_policy import CropPolicy
 
 RECORD = Path(__file__).with_name("landmarks68_fit.json")
 PRESETS = ("ci", "default", "paper")
-IMAGE_SIZE, MARGIN, MAX_YAW_DEG = 240, 0.4, 60.0
+MAX_YAW_DEG = 60.0
 
 # The correspondence of PeizhiYan/Mediapipe_2_Dlib_Landmarks (mp2dlib.py, 2024): MediaPipe vertex (or
 # the mean of two) per iBUG point, 0-68 in order; the start of the fit.
@@ -71,7 +72,7 @@ def meshes(samples) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     from mofa.realdata.benchmark_crops import BenchmarkCrops
     from mofa.realdata.landmarks68 import MediaPipeLandmarker
 
-    crops = BenchmarkCrops(samples, IMAGE_SIZE, margin=MARGIN)
+    crops = BenchmarkCrops(samples, CropPolicy.schema_default())
     ids, mesh, gt, yaw = [], [], [], []
     with MediaPipeLandmarker() as landmarker:
         for i, sample_id in enumerate(crops.ids):
@@ -96,12 +97,14 @@ def fit() -> dict:
     from mofa.realdata.landmarks68 import fit_index_map
 
     seed, fraction = split_settings()
+    policy = CropPolicy.schema_default()
     ids, mesh, gt, yaw = meshes(samples_of("train"))
     keep = np.abs(yaw) <= MAX_YAW_DEG
     fitted = fit_index_map(mesh[keep], gt[keep], start_map=PUBLISHED_MAP)
     record = {"fitted_on": f"AFLW2000-3D train split (split_seed {seed}, eval_fraction {fraction}, the largest of "
                            f"the presets {list(PRESETS)}), |yaw| <= {MAX_YAW_DEG:g} deg, MediaPipe found a face",
-              "crops": f"mofa.realdata.benchmark_crops (Haar, else the ground-truth box), margin {MARGIN}, {IMAGE_SIZE} px",
+              "crops": f"mofa.realdata.benchmark_crops (Haar, else the ground-truth box), margin {policy.margin}, "
+                       f"{policy.image_size} px",
               "start_map": "PUBLISHED_MAP (PeizhiYan/Mediapipe_2_Dlib_Landmarks)",
               "images": [i for i, k in zip(ids, keep) if k],
               "train_nme": {"published": map_nme(mesh[keep], gt[keep], PUBLISHED_MAP),

@@ -36,7 +36,8 @@ from mofa.io import atomic_dir
 from mofa.landmarks import N_LANDMARKS
 from mofa.metrics import nme_aflw2000, nme_table, summarise
 from mofa.realdata.adapters import ENV_VARS, Sample, adapter_for, points_box, root_from_env
-from mofa.realdata.detect import CropWindow, choose_face, detect_faces, image_to_crop
+from mofa.realdata.crop_policy import CropPolicy
+from mofa.realdata.detect import choose_face, detect_faces, image_to_crop
 from mofa.realdata.images import FrameReader, UnreadableImage
 from mofa.realdata.landmarks68 import MediaPipeLandmarker
 
@@ -123,15 +124,14 @@ def _landmark_problem(landmarks: np.ndarray, box_in_crop: np.ndarray, size: int,
     return None
 
 
-def prepare(samples: Iterable[Sample], out_dir: str | Path, image_size: int = 240, margin: float = 0.4,
-            split_seed: int = 0, eval_fraction: float = 0.05, min_face_px: int = 64, min_iou: float = 0.1,
+def prepare(samples: Iterable[Sample], out_dir: str | Path, policy: CropPolicy | None = None,
+            split_seed: int = 0, eval_fraction: float = 0.05, min_iou: float = 0.1,
             gt_box_fallback: bool = False, max_outside: float = 0.1, progress: bool = True) -> dict:
     """Detect, crop, landmark and split `samples` into the folder out_dir (format: module docstring);
     returns the summary (also summary.json).
 
-    margin: crop side = Haar box side * (1 + 2 margin); 0.4 gives faces of the size of the synthetic
-    data's (landmark box about 0.46 of the image). min_face_px: smaller Haar boxes (image px) are
-    dropped as too small. min_iou: with an annotated face, a detection must overlap it this much.
+    policy: the crop (margin, smallest face, crop size; the schema's defaults when None). min_iou:
+    with an annotated face, a detection must overlap it this much.
     gt_box_fallback: when Haar finds nothing at an annotated face (often in profile), crop around the
     ground-truth landmarks instead (box_source 'gt'); off by default, as in the paper. max_outside:
     the largest fraction of detected landmarks allowed outside the crop.
@@ -140,17 +140,18 @@ def prepare(samples: Iterable[Sample], out_dir: str | Path, image_size: int = 24
         raise MofaError(f"eval_fraction must be within [0, 1], got {eval_fraction}")
     final = Path(out_dir)
     with atomic_dir(final) as partial:  # no half-prepared folder under the final name, none left on an error
-        summary = _prepare_into(partial, list(samples), image_size, margin, split_seed, eval_fraction, min_face_px,
-                                min_iou, gt_box_fallback, max_outside, progress)
+        summary = _prepare_into(partial, list(samples), policy or CropPolicy.schema_default(), split_seed,
+                                eval_fraction, min_iou, gt_box_fallback, max_outside, progress)
     log.info("real faces: %d of %d kept in %.1f s -> %s; dropped %s", summary["kept"], summary["total"],
              summary["seconds"], final, summary["dropped"])
     return summary
 
 
-def _prepare_into(partial: Path, samples: list[Sample], image_size: int, margin: float, split_seed: int,
-                  eval_fraction: float, min_face_px: int, min_iou: float, gt_box_fallback: bool,
+def _prepare_into(partial: Path, samples: list[Sample], policy: CropPolicy, split_seed: int,
+                  eval_fraction: float, min_iou: float, gt_box_fallback: bool,
                   max_outside: float, progress: bool) -> dict:
     """`prepare` into the empty folder `partial`; returns the summary."""
+    image_size = policy.image_size
     images = _RawArray(partial / "images.npy", (image_size, image_size, 3), np.uint8)
     landmarks, confidences, gt_landmarks, transforms = [], [], [], []
     rows = []
@@ -162,8 +163,7 @@ def _prepare_into(partial: Path, samples: list[Sample], image_size: int, margin:
                    "frame_index": sample.frame_index, "kept": False, "reason": "", "detail": "",
                    "split": split_of(sample.group, split_seed, eval_fraction), "dataset_split": sample.dataset_split,
                    "yaw_deg": sample.yaw_deg}
-            result = _prepare_one(sample, reader, landmarker, row, image_size, margin, min_face_px, min_iou,
-                                  gt_box_fallback, max_outside)
+            result = _prepare_one(sample, reader, landmarker, row, policy, min_iou, gt_box_fallback, max_outside)
             if result is None:
                 log.info("dropped %s: %s (%s)", sample.id, row["reason"], row["detail"])
             else:
@@ -190,8 +190,8 @@ def _prepare_into(partial: Path, samples: list[Sample], image_size: int, margin:
     manifest["frame_index"] = manifest["frame_index"].astype("Int64")
     manifest.to_csv(partial / "manifest.csv", index=False, float_format="%.6g")
 
-    summary = _summary(manifest, seconds, dict(image_size=image_size, margin=margin, split_seed=split_seed,
-                                               eval_fraction=eval_fraction, min_face_px=min_face_px,
+    summary = _summary(manifest, seconds, dict(image_size=image_size, margin=policy.margin, split_seed=split_seed,
+                                               eval_fraction=eval_fraction, min_face_px=policy.min_face_px,
                                                min_iou=min_iou, gt_box_fallback=gt_box_fallback,
                                                max_outside=max_outside), landmarker.version)
     (partial / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -199,8 +199,7 @@ def _prepare_into(partial: Path, samples: list[Sample], image_size: int, margin:
 
 
 def _prepare_one(sample: Sample, reader: FrameReader, landmarker: MediaPipeLandmarker, row: dict,
-                 size: int, margin: float, min_face_px: int, min_iou: float, gt_box_fallback: bool,
-                 max_outside: float):
+                 policy: CropPolicy, min_iou: float, gt_box_fallback: bool, max_outside: float):
     """One sample: fills `row`; returns (crop, landmarks, confidence, gt, transform) or None, with
     row['reason'] and row['detail'] set, when the sample is dropped."""
     def drop(reason: str, detail: str) -> None:
@@ -216,7 +215,7 @@ def _prepare_one(sample: Sample, reader: FrameReader, landmarker: MediaPipeLandm
         return drop(UNREADABLE, f"OpenCV error: {str(e).strip().splitlines()[-1]}")
     row.update(image_height=rgb.shape[0], image_width=rgb.shape[1])
 
-    boxes = detect_faces(rgb, min_size_px=max(24, min_face_px // 2))
+    boxes = detect_faces(rgb, min_size_px=policy.haar_min_px)
     chosen, iou = choose_face(boxes, sample.hint_box, min_iou)
     row["box_iou"] = iou
     if chosen is not None:
@@ -228,10 +227,10 @@ def _prepare_one(sample: Sample, reader: FrameReader, landmarker: MediaPipeLandm
     else:
         return drop(NO_FACE, f"no detection overlaps the annotated face (best IoU {iou:.2f} < {min_iou})")
     row.update(box_x=box[0], box_y=box[1], box_w=box[2], box_h=box[3])
-    if max(box[2], box[3]) < min_face_px:
-        return drop(TOO_SMALL, f"face box {max(box[2], box[3]):.0f} px < {min_face_px} px")
+    if (small := policy.too_small(box)) is not None:
+        return drop(TOO_SMALL, small)
 
-    window = CropWindow.around(box, margin, size)
+    window = policy.window(box)
     transform = window.transform
     crop = window.crop(rgb)
     found = landmarker.landmarks68(crop)
@@ -240,7 +239,7 @@ def _prepare_one(sample: Sample, reader: FrameReader, landmarker: MediaPipeLandm
     points, confidence = found
     row["detection_score"] = float(confidence[0])
     corner = image_to_crop(box[None, :2], transform)[0]
-    problem = _landmark_problem(points, np.r_[corner, box[2:] * transform[0, 0]], size, max_outside)
+    problem = _landmark_problem(points, np.r_[corner, box[2:] * transform[0, 0]], policy.image_size, max_outside)
     if problem:
         return drop(LANDMARKS_OUTSIDE, problem)
 
@@ -336,20 +335,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--root", type=Path, help=f"dataset folder (default: {', '.join(ENV_VARS.values())})")
     parser.add_argument("--limit", type=int, help="the first N images only")
-    parser.add_argument("--margin", type=float, default=0.4)
-    parser.add_argument("--image-size", type=int, default=240)
+    default = CropPolicy.schema_default()
+    parser.add_argument("--margin", type=float, default=default.margin)
+    parser.add_argument("--image-size", type=int, default=default.image_size)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--eval-fraction", type=float, default=0.05)
-    parser.add_argument("--min-face-px", type=int, default=64)
+    parser.add_argument("--min-face-px", type=int, default=default.min_face_px)
     parser.add_argument("--gt-box-fallback", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         root = args.root or root_from_env(args.dataset)
         samples = list(adapter_for(args.dataset)(root))[: args.limit]
-        summary = prepare(samples, args.out, image_size=args.image_size, margin=args.margin,
+        summary = prepare(samples, args.out, CropPolicy(args.margin, args.min_face_px, args.image_size),
                           split_seed=args.split_seed, eval_fraction=args.eval_fraction,
-                          min_face_px=args.min_face_px, gt_box_fallback=args.gt_box_fallback)
+                          gt_box_fallback=args.gt_box_fallback)
     except MofaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
