@@ -111,7 +111,9 @@ def run(cfg: dict) -> dict:
         raise MofaError(f"e5.image_size: {exc}") from None
     with _stage.timed(f"conv autoencoder: {e5['iterations']} iterations, batch {e5['batch_size']}, {size} px") as timing:
         losses = train_conv_autoencoder(autoencoder, train_set, e5["iterations"], e5["batch_size"], e5["lr"],
-                                        seed=cfg["seed"], loss=e5["loss"], device=device)
+                                        seed=cfg["seed"], loss=e5["loss"], device=device,
+                                        checkpoint=out["weights"].with_name("checkpoint.pt"),
+                                        checkpoint_every=cfg["training"]["checkpoint_every"])
     _stage.save_trained_network(autoencoder, losses, out["weights"], out["losses"], "conv autoencoder", e5["loss"])
 
     # The conv autoencoder and each E1 encoder + the analytic decoder on the synthetic test images.

@@ -98,7 +98,9 @@ def run(cfg: dict) -> dict:
         raise MofaError(f"e6.image_size: {exc}") from None
     with _stage.timed(f"learned decoder: {e6['iterations']} iterations, batch {e6['batch_size']}, {size} px") as timing:
         losses = train_learned_decoder(learned, source, e6["iterations"], e6["batch_size"], e6["lr"],
-                                       seed=cfg["seed"], loss=e6["loss"], device=device)
+                                       seed=cfg["seed"], loss=e6["loss"], device=device,
+                                       checkpoint=out["weights"].with_name("checkpoint.pt"),
+                                       checkpoint_every=cfg["training"]["checkpoint_every"])
     _stage.save_trained_network(learned, losses, out["weights"], out["losses"], "learned decoder",
                                 f"{e6['loss']} over the face")
 
