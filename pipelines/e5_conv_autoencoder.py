@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mofa.config import results_dir
+from mofa.config import config_hash, results_dir
 from pipelines import _stage, e1_synthetic, synthetic
 
 NAME = "e5_conv_autoencoder"
@@ -93,9 +93,9 @@ def run(cfg: dict) -> dict:
     from mofa.facemodel import build_face_model
     from mofa.figures.qualitative import plot_grid, reconstruction_panels
     from mofa.training.evaluate import render_estimates
-    from mofa.training.runs import load_encoder, training_decoder
-    from mofa.training.trainer import predict_codes
-    from pipelines.tables import figure_metadata, write_table
+    from mofa.training.runs import load_encoder, prepare_run_dir, training_decoder
+    from mofa.training.trainer import CHECKPOINT, predict_codes
+    from pipelines.tables import data_hashes, figure_metadata, write_table
 
     e5, out, device = cfg["e5"], outputs(cfg), select_device(cfg)
     size = e5["image_size"]
@@ -109,10 +109,13 @@ def run(cfg: dict) -> dict:
         autoencoder = ConvAutoencoder(decoder.layout, image_size=size, seed=cfg["seed"])
     except ValueError as exc:
         raise MofaError(f"e5.image_size: {exc}") from None
+    # a checkpoint from another config, data or code is deleted: only the same run resumes
+    prepare_run_dir(out["weights"].parent, {"config": config_hash({k: cfg[k] for k in PARAMS}),
+                                            "data": data_hashes(cfg, NAME), "code": _stage.code_hash(SOURCES)})
     with _stage.timed(f"conv autoencoder: {e5['iterations']} iterations, batch {e5['batch_size']}, {size} px") as timing:
         losses = train_conv_autoencoder(autoencoder, train_set, e5["iterations"], e5["batch_size"], e5["lr"],
                                         seed=cfg["seed"], loss=e5["loss"], device=device,
-                                        checkpoint=out["weights"].with_name("checkpoint.pt"),
+                                        checkpoint=out["weights"].parent / CHECKPOINT,
                                         checkpoint_every=cfg["training"]["checkpoint_every"])
     _stage.save_trained_network(autoencoder, losses, out["weights"], out["losses"], "conv autoencoder", e5["loss"])
 

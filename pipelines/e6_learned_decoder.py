@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mofa.config import results_dir
+from mofa.config import config_hash, results_dir
 from pipelines import _stage, synthetic
 
 NAME = "e6_learned_decoder"
@@ -75,8 +75,9 @@ def run(cfg: dict) -> dict:
     from mofa.facemodel import build_face_model
     from mofa.figures.qualitative import BACKGROUND, plot_grid
     from mofa.training.evaluate import render_estimates
-    from mofa.training.runs import training_decoder
-    from pipelines.tables import figure_metadata, write_table
+    from mofa.training.runs import prepare_run_dir, training_decoder
+    from mofa.training.trainer import CHECKPOINT
+    from pipelines.tables import data_hashes, figure_metadata, write_table
 
     e6, out, device = cfg["e6"], outputs(cfg), select_device(cfg)
     size = e6["image_size"]
@@ -89,6 +90,9 @@ def run(cfg: dict) -> dict:
 
     # The learned decoder, on the training codes and the face region of each training image.
     n_train = len(train_set) if e6["train_images"] is None else min(e6["train_images"], len(train_set))
+    # a checkpoint from another config, data or code is deleted: only the same run resumes
+    prepare_run_dir(out["weights"].parent, {"config": config_hash({k: cfg[k] for k in PARAMS}),
+                                            "data": data_hashes(cfg, NAME), "code": _stage.code_hash(SOURCES)})
     with _stage.timed(f"face regions of {n_train} training images"):
         codes = torch.from_numpy(np.array(train_set.arrays["codes"][:n_train]))
         source = WithFaceRegion(train_set, region_at(face_masks(decoder, codes), size))
@@ -99,7 +103,7 @@ def run(cfg: dict) -> dict:
     with _stage.timed(f"learned decoder: {e6['iterations']} iterations, batch {e6['batch_size']}, {size} px") as timing:
         losses = train_learned_decoder(learned, source, e6["iterations"], e6["batch_size"], e6["lr"],
                                        seed=cfg["seed"], loss=e6["loss"], device=device,
-                                       checkpoint=out["weights"].with_name("checkpoint.pt"),
+                                       checkpoint=out["weights"].parent / CHECKPOINT,
                                        checkpoint_every=cfg["training"]["checkpoint_every"])
     _stage.save_trained_network(learned, losses, out["weights"], out["losses"], "learned decoder",
                                 f"{e6['loss']} over the face")
