@@ -52,7 +52,8 @@ import numpy as np
 import torch
 from torch.func import jacrev, jvp, vmap
 
-from mofa.decoder.camera import camera_rotation, camera_translation, project
+from mofa.decoder.camera import camera_rotation, project
+from mofa.decoder.decoder import lit, to_camera
 from mofa.decoder.geometry import linear_combination, vertex_normals
 from mofa.decoder.lighting import light_coefficients, sh_basis, shade
 from mofa.landmarks import LANDMARKS_46, N_LANDMARKS
@@ -188,13 +189,11 @@ def shade_and_project(decoder, model_vertices: torch.Tensor, model_normals: torc
                       light: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-vertex half of the decoder: screen (B, N, 2) px and colours (B, N, 3) from model-space
     vertices (B, N, 3) mm, their unit normals (B, N, 3), albedo (B, N, 3) and the pose and light parts
-    of the code. Composed from the decoder's building blocks as `mofa.decoder.Decoder.forward` composes
-    them (tests/test_baselines.py checks that the two agree); vertex i's outputs depend on vertex i's
-    inputs only, which is what makes its Jacobian cheap."""
-    rot = camera_rotation(rotation).transpose(1, 2)
-    vertices = model_vertices @ rot + camera_translation(translation, decoder.camera)[:, None]
-    shading = shade(model_normals @ rot, light_coefficients(light, decoder.ambient_offset))
-    return project(vertices, decoder.camera), albedo * shading
+    of the code: the decoder's own steps (`mofa.decoder.decoder.to_camera`, `lit`, `project`), as
+    `Decoder.forward` runs them after the mesh (tests/test_baselines.py checks that the two agree);
+    vertex i's outputs depend on vertex i's inputs only, which is what makes its Jacobian cheap."""
+    vertices, normals = to_camera(model_vertices, model_normals, rotation, translation, decoder.camera)
+    return project(vertices, decoder.camera), lit(albedo, normals, light, decoder.ambient_offset)[0]
 
 
 def _along(function, primal: torch.Tensor, directions: torch.Tensor, mode: JacobianMode, chunk_size):
@@ -243,8 +242,7 @@ def local_derivatives(camera, model_vertices: torch.Tensor, model_normals: torch
     3 x 3 `camera_rotation`, 3 tangents per image) and d o / d translation = g_p * translation_scale_mm.
     """
     rot = camera_rotation(rotation)  # (B, 3, 3)
-    points = model_vertices @ rot.transpose(1, 2) + camera_translation(translation, camera)[:, None]
-    camera_normals = model_normals @ rot.transpose(1, 2)
+    points, camera_normals = to_camera(model_vertices, model_normals, rotation, translation, camera)
     inv_z = 1 / points[..., 2:3]  # (B, N, 1)
     eye2 = torch.eye(2, dtype=points.dtype, device=points.device).expand(*points.shape[:2], 2, 2)
     d_project = torch.cat([eye2, -(points[..., :2] * inv_z)[..., None]], -1) * (camera.focal_length_px * inv_z)[..., None]

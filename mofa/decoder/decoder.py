@@ -35,6 +35,25 @@ def front_facing(vertices: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
     return (normals * vertices).sum(-1) < 0
 
 
+def to_camera(model_vertices: torch.Tensor, model_normals: torch.Tensor, rotation: torch.Tensor,
+              translation: torch.Tensor, camera: PinholeCamera) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model space -> camera space: vertices (B, N, 3) mm and unit normals (B, N, 3), the code's
+    rotation (B, 3) rad and translation (B, 3) -> (vertices (B, N, 3) mm, normals (B, N, 3))."""
+    rotation_t = camera_rotation(rotation).transpose(1, 2)
+    return (model_vertices @ rotation_t + camera_translation(translation, camera)[:, None],
+            model_normals @ rotation_t)
+
+
+def lit(reflectance: torch.Tensor, normals: torch.Tensor, light: torch.Tensor,
+        ambient_offset: float = AMBIENT_OFFSET) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-vertex colour under the code's light: reflectance (B, N, 3), camera-space normals (B, N, 3),
+    light (B, 27) -> (colours (B, N, 3) = reflectance * shading, shading (B, N, 3), SH coefficients
+    (B, 3, 9) with the ambient offset)."""
+    coefficients = light_coefficients(light, ambient_offset)
+    shading = shade(normals, coefficients)
+    return reflectance * shading, shading, coefficients
+
+
 class Decoder(torch.nn.Module):
     """Holds one face model's bases as buffers (so `.to(device)` moves them) and decodes codes.
 
@@ -80,14 +99,11 @@ class Decoder(torch.nn.Module):
         parts = self.layout.split(code)
         model_vertices = self.geometry(parts.shape, parts.expression)
         model_normals = vertex_normals(model_vertices, self.triangles)
-        rotation = camera_rotation(parts.rotation)  # (B, 3, 3)
-        vertices = model_vertices @ rotation.transpose(1, 2) + camera_translation(parts.translation, self.camera)[:, None]
-        normals = model_normals @ rotation.transpose(1, 2)
+        vertices, normals = to_camera(model_vertices, model_normals, parts.rotation, parts.translation, self.camera)
         reflectance = linear_combination(self.mean_reflectance, self.reflectance_basis, parts.reflectance)
-        sh = light_coefficients(parts.light, self.ambient_offset)
-        shading = shade(normals, sh)
+        colours, shading, sh = lit(reflectance, normals, parts.light, self.ambient_offset)
         return DecodedFace(
-            screen=project(vertices, self.camera), colours=reflectance * shading,
+            screen=project(vertices, self.camera), colours=colours,
             visible=front_facing(vertices, normals), vertices=vertices, normals=normals,
             reflectance=reflectance, shading=shading, sh_coeffs=sh,
         )
