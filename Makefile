@@ -15,13 +15,14 @@ PRESET ?= default
 CONFIG ?= config/$(PRESET).yaml
 CORES ?= all
 
-.PHONY: help setup reproduce test test-cluster clean
+.PHONY: help setup reproduce test test-cluster dvc.yaml clean
 
 help:
 	@echo "make reproduce   run the pipeline at the $(PRESET) preset (PRESET=ci|default|paper or CONFIG=file.yaml, CORES=N)"
 	@echo "make test        run the tests"
 	@echo "make test-cluster  run the ci preset on a one-node SLURM cluster started here, against a local run"
 	@echo "make setup       create .venv and install the project (both targets above do it first)"
+	@echo "make dvc.yaml    write dvc.yaml from the stage declarations (pipelines/stages.py)"
 	@echo "make clean       delete everything the pipeline wrote under results/"
 
 setup: $(STAMP)
@@ -58,6 +59,10 @@ test: setup
 
 test-cluster: setup
 	$(BIN)/pytest -m cluster -rP tests/test_slurm.py
+
+# Generated, and committed for `dvc repro`; tests/test_workflow.py fails when it is not current.
+dvc.yaml: setup
+	$(BIN)/python -m pipelines.dvc_yaml
 
 clean:
 	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -1,6 +1,7 @@
 # MoFA-Bench workflow. `snakemake --cores all` regenerates every result of the `default` preset;
 # `--configfile config/ci.yaml` (or paper.yaml, or your own file) picks another. Keys and defaults:
-# config/schema.yaml. Each rule calls one stage entry point in pipelines/; dvc.yaml runs the same ones.
+# config/schema.yaml. One rule per stage declared in pipelines/stages.py, each calling the stage's entry point
+# (pipelines/<stage>.py); dvc.yaml, written from the same declarations, runs the same ones.
 import sys
 
 from snakemake.utils import min_version
@@ -10,6 +11,7 @@ sys.path.insert(0, workflow.basedir)  # pipelines/ and mofa/ also without `pip i
 
 from mofa.errors import MofaError
 from pipelines._workflow import checked_config
+from pipelines.stages import STAGES
 
 # A preset given with --configfile replaces the default one instead of being merged on top of it,
 # so that Snakemake and `python -m pipelines.<stage> --config <file>` read the same values.
@@ -36,27 +38,31 @@ include: "workflow/rules/common.smk"
 # where a target asks for it (a later stage whose own outputs are up to date does not).
 rule all:
     input:
-        stage_targets("face_model"),
-        stage_targets("synthetic"),
-        stage_targets("real_data"),
-        stage_targets("e1_synthetic"),
-        stage_targets("e7_speed"),
-        stage_targets("e2_e3_real"),
-        stage_targets("e8_qualitative"),
-        stage_targets("e4_baselines"),
-        stage_targets("e5_conv_autoencoder"),
-        stage_targets("e6_learned_decoder"),
-        stage_targets("report"),
+        [stage_targets(name) for name in STAGES],
 
 
-include: "workflow/rules/face_model.smk"
-include: "workflow/rules/synthetic.smk"
-include: "workflow/rules/e1_synthetic.smk"
-include: "workflow/rules/e7_speed.smk"
-include: "workflow/rules/real_data.smk"
-include: "workflow/rules/e2_e3_real.smk"
-include: "workflow/rules/e8_qualitative.smk"
-include: "workflow/rules/e4_baselines.smk"
-include: "workflow/rules/e5_conv_autoencoder.smk"
-include: "workflow/rules/e6_learned_decoder.smk"
-include: "workflow/rules/report.smk"
+# One rule per stage, named after it (the SLURM profile and `--set-resources` name them).
+for name in STAGES:
+
+    rule:
+        name:
+            name
+        input:
+            stage_inputs(name),
+        output:
+            **stage_outputs(name),
+        params:
+            command=stage_command(name),
+            settings=stage_params(name),
+        threads: stage_threads(name)
+        resources:
+            **stage_resources(name),
+        log:
+            stage_log(name),
+        benchmark:
+            stage_benchmark(name)
+        shell:
+            "{params.command} --log {log}"
+
+    # `--list-rules` shows the description; a rule's docstring can only be a string literal
+    workflow.get_rule(name).docstring = STAGES[name].description

@@ -11,42 +11,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import yaml
 
 from mofa import io
-from mofa.config import REPO_ROOT, config_hash, load_config, results_dir, writable_folder
+from mofa.config import REPO_ROOT, config_hash, load_config, results_dir, select_device, writable_folder
 from mofa.errors import MofaError
+from mofa.training import distributed as ddp
+from pipelines.stages import source_files
 
 log = logging.getLogger("mofa.stage")
-
-
-def log_path(cfg: Mapping, stage: str) -> Path:
-    """results/<preset>/logs/<stage>.log"""
-    return results_dir(cfg) / "logs" / f"{stage}.log"
-
-
-def result_files(cfg: Mapping, stage: str, figure: bool = True) -> dict[str, Path]:
-    """A stage's standard outputs named after it: tables/<stage>.csv and .md, figures/<stage>.png (with
-    figure) and metrics/<stage>.json under results/<preset>/."""
-    root = results_dir(cfg)
-    files = {"table": root / "tables" / f"{stage}.csv", "table_md": root / "tables" / f"{stage}.md"}
-    if figure:
-        files["figure"] = root / "figures" / f"{stage}.png"
-    return {**files, "metrics": root / "metrics" / f"{stage}.json"}
-
-
-def dvc_outputs(module, cfg: Mapping) -> dict[str, Path]:
-    """A stage's outputs without those of each encoder it trains or shows (the module's
-    `per_encoder_outputs`, where it has one): which encoders there are depends on the preset, and
-    dvc.yaml serves every preset, so DVC tracks the stage's tables, figures and metrics (Snakemake
-    tracks every file)."""
-    per_encoder = getattr(module, "per_encoder_outputs", lambda cfg: {})(cfg)
-    return {k: v for k, v in module.outputs(cfg).items() if k not in per_encoder}
-
-
-def benchmark_path(cfg: Mapping, stage: str) -> Path:
-    """results/<preset>/benchmarks/<stage>.tsv (Snakemake's benchmark: wall time and memory)"""
-    return results_dir(cfg) / "benchmarks" / f"{stage}.tsv"
 
 
 def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,12 +48,11 @@ def parse_overrides(pairs: list[str]) -> dict:
 def setup_logging(log_file: Path | None = None) -> None:
     """Log to stderr and, when given, to `log_file` (truncated: one run per file). Under torchrun
     only rank 0 logs information and writes the file; the other ranks log warnings and errors."""
-    from mofa.training.distributed import is_main
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None and is_main():
+    if log_file is not None and ddp.is_main():
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(level=logging.INFO if is_main() else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if ddp.is_main() else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", handlers=handlers, force=True)
 
@@ -110,17 +84,8 @@ def write_json(path: Path, data: Mapping) -> Path:
     return wrote(io.write_json(path, data))
 
 
-def source_files(sources: Iterable[str]) -> list[Path]:
-    """A stage module's SOURCES as files under the repository: each folder's .py files, sorted."""
-    files = []
-    for source in sources:
-        path = REPO_ROOT / source
-        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
-    return files
-
-
 def code_hash(sources: Iterable[str]) -> str:
-    """A short sha256 of the code a stage runs (its SOURCES, by path and content): a training run's key
+    """A short sha256 of the code a stage runs (its sources, by path and content): a training run's key
     holds it, so that an edit to the code starts training over while a rerun of the same code resumes."""
     digest = hashlib.sha256()
     for path in source_files(sources):
@@ -131,9 +96,6 @@ def code_hash(sources: Iterable[str]) -> str:
 def save_trained_network(network, losses, weights: Path, curve: Path, what: str, loss_name: str) -> None:
     """A trained baseline network's state dict and its per-iteration loss curve (iteration, loss),
     both written atomically, and the first and last ten iterations' mean loss in the log."""
-    import numpy as np
-    import pandas as pd
-
     io.torch_save(network.state_dict(), weights)
     frame = pd.DataFrame({"iteration": np.arange(1, len(losses) + 1), "loss": losses})
     io.write_text(curve, frame.to_csv(index=False, float_format="%.6g"))
@@ -165,9 +127,6 @@ def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: lis
     status; under torchrun every process runs it and rank 0 alone writes (`mofa.training.distributed`).
     A MofaError ends the stage with its one-line message and exit status 2 (as the `mofa` command does).
     """
-    from mofa.config import select_device
-    from mofa.training import distributed as ddp
-
     argv = sys.argv[1:] if argv is None else argv
     argv = argv[1:] if argv[:1] == ["--"] else argv  # as a torchrun that keeps the `--` of relaunch_command passes it
     args = parse_args(description, argv)

@@ -91,6 +91,7 @@ def unlock_stale(workdir: Path, configfiles: Sequence[str], snakemake: Sequence[
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Imported here: the Snakefile imports this module, and pipelines._stage imports torch.
     from pipelines._stage import parse_overrides
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

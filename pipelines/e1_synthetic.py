@@ -14,24 +14,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 
 import pandas as pd
 
-from mofa.config import config_hash, results_dir
-from pipelines import _stage, synthetic
+from mofa.config import config_hash, select_device
+from mofa.data.synthetic import SyntheticSet
+from mofa.facemodel import build_face_model
+from mofa.figures.curves import plot_curves
+from mofa.figures.spread import plot_spread
+from mofa.paper import display_name, paper_value
+from mofa.training.distributed import is_main
+from mofa.training.evaluate import synthetic_evaluator, synthetic_per_image
+from mofa.training.runs import encoder_config, prepare_run_dir, run_training, training_decoder
+from mofa.training.trainer import Schedule
+from pipelines import _stage, paths
+from pipelines.stages import STAGES
+from pipelines.tables import figure_metadata, write_csv, write_table
 
-NAME = "e1_synthetic"
-PARAMS = ("seed", "face_model", "camera", "light", "synthetic", "loss", "training", "encoders", "e1")
-NEEDS = ("synthetic",)  # stages whose outputs this one reads
-SOURCES = ("config/schema.yaml", "mofa", "pipelines/_stage.py", "pipelines/tables.py", "pipelines/e1_synthetic.py")
+STAGE = STAGES["e1_synthetic"]  # its params, sources and outputs (pipelines/stages.py)
+NAME = STAGE.name
+outputs, run_dir = STAGE.outputs, paths.e1_run_dir
 METRICS = (("geometric_error", "mm"), ("photometric_error", "rgb_distance"), ("landmark_error", "px"),
            ("rotation_error", "deg"))  # the paper reports the first three; rotation shows a pose collapse
 log = logging.getLogger(f"mofa.stage.{NAME}")
-
-
-def run_dir(cfg: Mapping, encoder: str) -> Path:
-    return results_dir(cfg) / "runs" / f"e1_{encoder}"
 
 
 def section(cfg: Mapping, encoder: str) -> dict:
@@ -41,23 +46,8 @@ def section(cfg: Mapping, encoder: str) -> dict:
     return {k: v for k, v in e1.items() if k not in e1["encoders"]} | own
 
 
-def per_encoder_outputs(cfg: Mapping) -> dict[str, Path]:
-    """Each encoder's run: its final weights and curves."""
-    return {f"{kind}_{e}": run_dir(cfg, e) / name for e in cfg["e1"]["encoders"]
-            for kind, name in (("encoder", "encoder.pt"), ("curves", "metrics.csv"))}
-
-
-def outputs(cfg: Mapping) -> dict[str, Path]:
-    return {**per_encoder_outputs(cfg), **_stage.result_files(cfg, NAME, figure=False),
-            "curves_table": results_dir(cfg) / "tables" / "e1_synthetic_curves.csv",
-            "figure": results_dir(cfg) / "figures" / "e1_synthetic_curves.png",
-            "per_image": results_dir(cfg) / "tables" / "e1_per_image.csv",
-            "spread_figure": results_dir(cfg) / "figures" / "e1_synthetic_spread.png"}
-
-
 def summary_table(curves: pd.DataFrame, encoder: str) -> pd.DataFrame:
     """Start and end of each metric (mean over the test images) beside the paper's."""
-    from mofa.paper import paper_value
     rows = []
     for metric, unit in METRICS:
         start, end = curves.iloc[0], curves.iloc[-1]
@@ -74,8 +64,6 @@ def schedule_note(cfg: Mapping, encoder: str, short: bool = False) -> str:
     """What the table title (or, short, the figure legend) says when an encoder's E1 run fits each
     image's light in the loss or holds code entries at the start (read from the same `Schedule` the run
     trains with)."""
-    from mofa.training.trainer import Schedule
-
     e1 = section(cfg, encoder)
     schedule, its = Schedule.from_config(e1), e1["iterations"]
     note = ""
@@ -90,31 +78,19 @@ def schedule_note(cfg: Mapping, encoder: str, short: bool = False) -> str:
 
 
 def run(cfg: dict) -> dict:
-    from mofa.config import select_device
-    from mofa.data.synthetic import SyntheticSet
-    from mofa.facemodel import build_face_model
-    from mofa.figures.curves import plot_curves
-    from mofa.paper import display_name
-    from mofa.figures.spread import plot_spread
-    from mofa.training.distributed import is_main
-    from mofa.training.evaluate import synthetic_evaluator, synthetic_per_image
-    from mofa.training.runs import encoder_config, prepare_run_dir, run_training, training_decoder
-    from mofa.training.trainer import Schedule
-    from pipelines.tables import figure_metadata, write_csv, write_table
-
     out = outputs(cfg)
     model = build_face_model(cfg)
-    train_set = SyntheticSet(synthetic.data_dir(cfg) / "train")
-    test_set = SyntheticSet(synthetic.data_dir(cfg) / "test")
+    train_set = SyntheticSet(paths.synthetic_dir(cfg) / "train")
+    test_set = SyntheticSet(paths.synthetic_dir(cfg) / "test")
     n_test = min(cfg["training"]["eval_images"], len(test_set))
     tables, curves, notes, metrics, spread = [], {}, [], {}, []
     for name in cfg["e1"]["encoders"]:
         e1, ecfg = section(cfg, name), encoder_config(cfg, name)
         evaluate = lambda decoder, device, size=ecfg["training"]["input_size"]: synthetic_evaluator(  # noqa: E731
             decoder, test_set, cfg["training"]["eval_images"], size, device)
-        prepare_run_dir(run_dir(cfg, name), {"config": config_hash({s: ecfg[s] for s in PARAMS if s != "e1"} | {"e1": e1}),
+        prepare_run_dir(run_dir(cfg, name), {"config": config_hash({s: ecfg[s] for s in STAGE.params if s != "e1"} | {"e1": e1}),
                                              "data": [train_set.manifest, test_set.manifest],
-                                             "code": _stage.code_hash(SOURCES)})
+                                             "code": _stage.code_hash(STAGE.sources)})
         with _stage.timed(f"{name}: {e1['iterations']} iterations"):
             frame, encoder = run_training(ecfg, run_dir(cfg, name), model, name, train_set, evaluate,
                                           e1["iterations"], e1["evaluations"], landmarks=False,

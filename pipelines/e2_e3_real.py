@@ -20,67 +20,44 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from mofa import io
-from mofa.config import config_hash, results_dir
-from mofa.paper import display_name, paper_counterpart
-from pipelines import _stage, e1_synthetic, real_data, synthetic
-from pipelines.tables import data_hashes
+from mofa.config import config_hash, select_device
+from mofa.data.synthetic import SyntheticSet
+from mofa.evaluation import aflw2000
+from mofa.facemodel import build_face_model
+from mofa.figures.curves import plot_curves
+from mofa.figures.spread import plot_spread
+from mofa.figures.variants import plot_variant_bars
+from mofa.metrics import YAW_BINS
+from mofa.paper import display_name, paper_counterpart, paper_value
+from mofa.realdata.benchmark_crops import BenchmarkCrops
+from mofa.realdata.crop_policy import CropPolicy
+from mofa.realdata.prepare import RealFaceSet
+from mofa.training.distributed import is_main
+from mofa.training.evaluate import real_evaluator, real_per_image
+from mofa.training.mixed import MixedSource
+from mofa.training.runs import encoder_config, prepare_run_dir, run_training, training_decoder
+from pipelines import _stage, paths, real_data
+from pipelines.stages import STAGES
+from pipelines.tables import data_hashes, figure_metadata, write_csv, write_table
 
-NAME = "e2_e3_real"
-PARAMS = ("seed", "face_model", "camera", "light", "synthetic", "loss", "training", "encoders", "e1", "real_data", "e3")
-NEEDS = ("synthetic", "e1_synthetic", "real_data")  # E1's weights are read only with e3.init_from_e1
-SOURCES = ("config/schema.yaml", "mofa", "pipelines/_stage.py", "pipelines/tables.py", "pipelines/synthetic.py",
-           "pipelines/e1_synthetic.py", "pipelines/real_data.py", "pipelines/e2_e3_real.py")
+STAGE = STAGES["e2_e3_real"]  # its params, sources and outputs (pipelines/stages.py)
+NAME = STAGE.name
+outputs, variants, variant_name, run_dir = STAGE.outputs, paths.e3_variants, paths.e3_variant_name, paths.e3_run_dir
 METRICS = (("landmark_error", "px"), ("photometric_error", "rgb_distance"))
 RUN_KEY = "run_key.json"
 log = logging.getLogger(f"mofa.stage.{NAME}")
-
-
-def variants(cfg: Mapping) -> list[tuple[str, bool]]:
-    """(encoder, landmark loss on) for each run, without landmarks first."""
-    return [(encoder, landmarks) for encoder in cfg["e3"]["encoders"] for landmarks in (False, True)]
-
-
-def variant_name(encoder: str, landmarks: bool) -> str:
-    return f"{encoder}_{'land' if landmarks else 'noland'}"
 
 
 def variant_label(encoder: str, landmarks: bool) -> str:
     return f"{display_name(encoder)} {'with' if landmarks else 'without'} landmarks"
 
 
-def run_dir(cfg: Mapping, encoder: str, landmarks: bool) -> Path:
-    return results_dir(cfg) / "runs" / f"e3_{variant_name(encoder, landmarks)}"
-
-
-def per_encoder_outputs(cfg: Mapping) -> dict[str, Path]:
-    """Each variant's run: its final weights and curves."""
-    out = {}
-    for encoder, landmarks in variants(cfg):
-        name = variant_name(encoder, landmarks)
-        out[f"encoder_{name}"] = run_dir(cfg, encoder, landmarks) / "encoder.pt"
-        out[f"curves_{name}"] = run_dir(cfg, encoder, landmarks) / "metrics.csv"
-    return out
-
-
-def outputs(cfg: Mapping) -> dict[str, Path]:
-    root = results_dir(cfg)
-    return {**per_encoder_outputs(cfg), "curves_table": root / "tables" / "e2_real_curves.csv",
-            "curves_table_md": root / "tables" / "e2_real_curves.md",
-            "curves_figure": root / "figures" / "e2_real_curves.png",
-            "table": root / "tables" / "e3_variants.csv", "table_md": root / "tables" / "e3_variants.md",
-            "figure": root / "figures" / "e3_variants.png",
-            "per_image": root / "tables" / "e3_per_image.csv",
-            "spread_figure": root / "figures" / "e3_variants_spread.png",
-            "metrics": root / "metrics" / "e2_e3_real.json"}
-
-
 def variant_config(cfg: Mapping, encoder: str) -> dict:
     """The encoder's config (`encoder_config`) with training.batch_size, input_size and lr replaced by
     e3.<encoder>'s where set (lr_z keeps its ratio to lr)."""
-    from mofa.training.runs import encoder_config
-
     out = encoder_config(cfg, encoder)
     schedule, training = cfg["e3"][encoder], out["training"]
     for key in ("batch_size", "input_size"):
@@ -95,13 +72,13 @@ def variant_config(cfg: Mapping, encoder: str) -> dict:
 def init_weights(cfg: Mapping, encoder: str) -> Path | None:
     """E1's trained weights when e3.init_from_e1 is on and E1 trained this encoder."""
     if cfg["e3"]["init_from_e1"] and encoder in cfg["e1"]["encoders"]:
-        return e1_synthetic.outputs(cfg)[f"encoder_{encoder}"]
+        return STAGES["e1_synthetic"].outputs(cfg)[f"encoder_{encoder}"]
     return None
 
 
 def run_key(cfg: Mapping, encoder: str, landmarks: bool, init: Path | None) -> dict:
     e3 = cfg["e3"]
-    sections = {s: cfg[s] for s in PARAMS if s not in ("e1", "e3")}
+    sections = {s: cfg[s] for s in STAGE.params if s not in ("e1", "e3")}
     kept = ("evaluations", "synthetic_fraction", "init_from_e1")  # what a run's training depends on
     sections["e3"] = {k: e3[k] for k in kept if k in e3} | {encoder: e3[encoder]}
     init_stamp = None
@@ -112,9 +89,6 @@ def run_key(cfg: Mapping, encoder: str, landmarks: bool, init: Path | None) -> d
 
 def variant_row(encoder: str, landmarks: bool, curves: pd.DataFrame, benchmark, vcfg: Mapping,
                 init_description: str) -> dict:
-    from mofa.metrics import YAW_BINS
-    from mofa.paper import paper_value
-
     start, end = curves.iloc[0], curves.iloc[-1]
     iterations = int(end["iteration"])
     row = {"variant": variant_label(encoder, landmarks), "encoder": encoder, "landmark_loss": "yes" if landmarks else "no",
@@ -139,31 +113,13 @@ def variant_row(encoder: str, landmarks: bool, curves: pd.DataFrame, benchmark, 
 
 
 def run(cfg: dict) -> dict:
-    import torch
-
-    from mofa.config import select_device
-    from mofa.data.synthetic import SyntheticSet
-    from mofa.evaluation import aflw2000
-    from mofa.facemodel import build_face_model
-    from mofa.figures.curves import plot_curves
-    from mofa.figures.variants import plot_variant_bars
-    from mofa.figures.spread import plot_spread
-    from mofa.realdata.benchmark_crops import BenchmarkCrops
-    from mofa.realdata.crop_policy import CropPolicy
-    from mofa.realdata.prepare import RealFaceSet
-    from mofa.training.distributed import is_main
-    from mofa.training.evaluate import real_evaluator, real_per_image
-    from mofa.training.mixed import MixedSource
-    from mofa.training.runs import prepare_run_dir, run_training, training_decoder
-    from pipelines.tables import figure_metadata, write_csv, write_table
-
     e3, out = cfg["e3"], outputs(cfg)
     model = build_face_model(cfg)
-    aflw = real_data.folder(cfg, "aflw2000")
+    aflw = paths.real_folder(cfg, "aflw2000")
     train_real = RealFaceSet(aflw, "train")
     with _stage.timed("cropping every AFLW2000 eval-split image"):
         eval_real = BenchmarkCrops(real_data.split_samples(cfg, "aflw2000", "eval"), CropPolicy.from_config(cfg))
-    mix = MixedSource(SyntheticSet(synthetic.data_dir(cfg) / "train"), train_real, e3["synthetic_fraction"])
+    mix = MixedSource(SyntheticSet(paths.synthetic_dir(cfg) / "train"), train_real, e3["synthetic_fraction"])
     n_eval = min(cfg["training"]["eval_images"], len(eval_real))
     log.info("training on %d synthetic + %d real images (synthetic share of a batch %.2f); evaluating on %d of %d "
              "AFLW2000 eval images (crop boxes %s)", len(mix.synthetic), len(train_real), mix.fraction, n_eval,
@@ -174,7 +130,7 @@ def run(cfg: dict) -> dict:
         name, vcfg = variant_name(encoder_name, landmarks), variant_config(cfg, encoder_name)
         folder, init = run_dir(cfg, encoder_name, landmarks), init_weights(cfg, encoder_name)
         prepare_run_dir(folder, run_key(vcfg, encoder_name, landmarks, init) | {"data": data_hashes(cfg, NAME),
-                                                                              "code": _stage.code_hash(SOURCES)})
+                                                                              "code": _stage.code_hash(STAGE.sources)})
         input_size = vcfg["training"]["input_size"]
         evaluate = lambda decoder, device, size=input_size: real_evaluator(  # noqa: E731
             decoder, eval_real, n_eval, size, device)
@@ -252,7 +208,6 @@ def run(cfg: dict) -> dict:
 
 
 def paper_value_e3(metric: str, encoder: str, landmark_loss: str = "no") -> float | None:
-    from mofa.paper import paper_value
     counterpart = paper_counterpart(encoder)
     return None if counterpart is None else paper_value("E3", metric, counterpart, landmark_loss)
 

@@ -32,16 +32,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mofa.config import results_dir
-from pipelines import _stage, e1_synthetic, e2_e3_real, real_data, synthetic
+from baselines.gauss_newton import fit
+from mofa.bench import device_name
+from mofa.config import select_device
+from mofa.data.synthetic import SyntheticSet
+from mofa.facemodel import build_face_model
+from mofa.figures.spread import plot_spread
+from mofa.figures.variants import plot_variant_bars
+from mofa.machine_load import LoadMonitor
+from mofa.paper import display_name, paper_value
+from mofa.realdata.prepare import RealFaceSet
+from mofa.training.evaluate import real_metrics, synthetic_metrics
+from mofa.training.runs import load_encoder, loss_weights, training_decoder
+from mofa.training.trainer import predict_codes
+from pipelines import _stage, paths
+from pipelines.e2_e3_real import variant_label
+from pipelines.stages import STAGES
+from pipelines.tables import figure_metadata, write_csv, write_table
 
-NAME = "e4_baselines"
-PARAMS = ("seed", "face_model", "camera", "light", "synthetic", "loss", "training", "encoders", "e1", "real_data",
-          "e3", "e4")
-NEEDS = ("synthetic", "real_data", "e1_synthetic", "e2_e3_real")
-SOURCES = ("config/schema.yaml", "mofa", "baselines/__init__.py", "baselines/gauss_newton.py", "pipelines/_stage.py",
-           "pipelines/tables.py", "pipelines/synthetic.py", "pipelines/real_data.py", "pipelines/e1_synthetic.py",
-           "pipelines/e2_e3_real.py", "pipelines/e4_baselines.py")
+STAGE = STAGES["e4_baselines"]  # its params, sources and outputs (pipelines/stages.py)
+NAME = STAGE.name
+outputs = STAGE.outputs
 GN_LAND, GN_NOLAND, MEAN_FACE = "Gauss-Newton with landmarks", "Gauss-Newton without landmarks", "mean face (start)"
 ORACLE = "Oracle: fit to ground-truth landmarks"
 FITS = (GN_LAND, GN_NOLAND, ORACLE)  # the Gauss-Newton rows, in table order
@@ -60,19 +71,14 @@ SINGLE_FIT_IMAGES = 2
 log = logging.getLogger(f"mofa.stage.{NAME}")
 
 
-def outputs(cfg: Mapping) -> dict[str, Path]:
-    return {**_stage.result_files(cfg, NAME), "per_image": results_dir(cfg) / "tables" / "e4_per_image.csv",
-            "spread_figure": results_dir(cfg) / "figures" / "e4_baselines_spread.png"}
-
-
 def trained_encoders(cfg: Mapping) -> list[tuple[str, str, Path]]:
     """(label, encoder name, weights) of every encoder the earlier stages trained."""
-    from mofa.paper import display_name
-    out = [(f"E1 {display_name(name)} (synthetic, no landmarks)", name, e1_synthetic.run_dir(cfg, name) / "encoder.pt")
+    e1, e3 = STAGES["e1_synthetic"].outputs(cfg), STAGES["e2_e3_real"].outputs(cfg)
+    out = [(f"E1 {display_name(name)} (synthetic, no landmarks)", name, e1[f"encoder_{name}"])
            for name in cfg["e1"]["encoders"]]
-    for encoder, landmarks in e2_e3_real.variants(cfg):
-        out.append((f"E3 {e2_e3_real.variant_label(encoder, landmarks)}", encoder,
-                    e2_e3_real.run_dir(cfg, encoder, landmarks) / "encoder.pt"))
+    for encoder, landmarks in paths.e3_variants(cfg):
+        out.append((f"E3 {variant_label(encoder, landmarks)}", encoder,
+                    e3[f"encoder_{paths.e3_variant_name(encoder, landmarks)}"]))
     return out
 
 
@@ -90,8 +96,6 @@ def failure_fraction(start: np.ndarray, no_land: np.ndarray, land: np.ndarray, f
 
 def time_encoder(encoder: torch.nn.Module, images: torch.Tensor, input_size: int, repeats: int) -> float:
     """Seconds per image of the encoder alone at batch 1 (the paper's per-image figure), after a warm-up."""
-    from mofa.training.trainer import predict_codes
-
     predict_codes(encoder, images[:1], input_size)
     start = time.perf_counter()
     for _ in range(repeats):
@@ -103,24 +107,12 @@ def time_encoder(encoder: torch.nn.Module, images: torch.Tensor, input_size: int
 
 
 def run(cfg: dict) -> dict:
-    from mofa.config import select_device
-    from mofa.data.synthetic import SyntheticSet
-    from mofa.facemodel import build_face_model
-    from mofa.figures.spread import plot_spread
-    from mofa.figures.variants import plot_variant_bars
-    from mofa.machine_load import LoadMonitor
-    from mofa.paper import paper_value
-    from mofa.realdata.prepare import RealFaceSet
-    from mofa.training.evaluate import real_metrics, synthetic_metrics
-    from mofa.training.runs import load_encoder, training_decoder
-    from pipelines.tables import figure_metadata, write_csv, write_table
-
     e4, out, device = cfg["e4"], outputs(cfg), select_device(cfg)
     torch.manual_seed(cfg["seed"])
     model = build_face_model(cfg)
     decoder = training_decoder(cfg, model).to(device)
-    test_set = SyntheticSet(synthetic.data_dir(cfg) / "test")
-    eval_set = RealFaceSet(real_data.folder(cfg, "aflw2000"), "eval")
+    test_set = SyntheticSet(paths.synthetic_dir(cfg) / "test")
+    eval_set = RealFaceSet(paths.real_folder(cfg, "aflw2000"), "eval")
     datasets = {
         "synthetic": (test_set.batch(np.arange(min(e4["synthetic_images"], len(test_set))), "cpu"), synthetic_metrics),
         "real": (eval_set.batch(np.arange(min(e4["real_images"], len(eval_set))), "cpu"), real_metrics)}
@@ -180,10 +172,6 @@ def _fit_and_time(cfg: Mapping, decoder, encoders: list, dataset: str, batch: di
     """One dataset's Gauss-Newton fits (batched, and the first SINGLE_FIT_IMAGES images one at a time with
     landmarks, for the time per image unbatched) and trained encoders (timed at batch 1): appends the
     per-image errors to per_image and the seconds per image to seconds[(dataset, method)]."""
-    from baselines.gauss_newton import fit
-    from mofa.training.runs import loss_weights
-    from mofa.training.trainer import predict_codes
-
     e4, device = cfg["e4"], decoder.mean_shape.device
     images = batch["images"].to(device)
     n = len(images)
@@ -301,7 +289,6 @@ def headline(table: pd.DataFrame) -> dict:
 
 
 def _device_name(device) -> str:
-    from mofa.bench import device_name
     return device_name(torch.device(device))
 
 

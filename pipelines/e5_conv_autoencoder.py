@@ -19,20 +19,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from mofa.config import config_hash, results_dir
-from pipelines import _stage, e1_synthetic, synthetic
+from baselines.compare import channels_last, face_masks, images_at, parameter_count, paste_region, region_at
+from baselines.conv_autoencoder import ConvAutoencoder, train_conv_autoencoder
+from baselines.learned_decoder import image_fidelity
+from mofa.config import config_hash, select_device
+from mofa.data.synthetic import SyntheticSet
+from mofa.errors import MofaError
+from mofa.facemodel import build_face_model
+from mofa.figures.qualitative import plot_grid, reconstruction_panels
+from mofa.metrics import photometric_error, summarise
+from mofa.paper import display_name
+from mofa.training.evaluate import render_estimates
+from mofa.training.runs import load_encoder, prepare_run_dir, training_decoder
+from mofa.training.trainer import CHECKPOINT, predict_codes
+from pipelines import _stage, paths
+from pipelines.stages import STAGES
+from pipelines.tables import data_hashes, figure_metadata, write_table
 
-NAME = "e5_conv_autoencoder"
-PARAMS = ("seed", "face_model", "camera", "light", "synthetic", "training", "e1", "e5")
-NEEDS = ("synthetic", "e1_synthetic")
-SOURCES = ("config/schema.yaml", "mofa", "baselines/__init__.py", "baselines/conv_autoencoder.py",
-           "baselines/learned_decoder.py", "baselines/compare.py", "pipelines/_stage.py", "pipelines/tables.py",
-           "pipelines/synthetic.py", "pipelines/e1_synthetic.py", "pipelines/e5_conv_autoencoder.py")
+STAGE = STAGES["e5_conv_autoencoder"]  # its params, sources and outputs (pipelines/stages.py)
+NAME = STAGE.name
+outputs = STAGE.outputs
 CONV_AE = "conv autoencoder"
 COLUMNS = ("input", CONV_AE, "model-based", "shaded geometry", "reflectance", "light")
 log = logging.getLogger(f"mofa.stage.{NAME}")
@@ -40,17 +51,7 @@ log = logging.getLogger(f"mofa.stage.{NAME}")
 
 def model_based_name(encoder: str) -> str:
     """The method name of E1's `encoder` + the analytic decoder."""
-    from mofa.paper import display_name
     return f"model-based autoencoder ({display_name(encoder)})"
-
-
-def run_dir(cfg: Mapping) -> Path:
-    return results_dir(cfg) / "runs" / NAME
-
-
-def outputs(cfg: Mapping) -> dict[str, Path]:
-    return {"weights": run_dir(cfg) / "conv_autoencoder.pt", "losses": run_dir(cfg) / "losses.csv",
-            **_stage.result_files(cfg, NAME)}
 
 
 def scores(outputs_by_method: Mapping[str, np.ndarray], target: np.ndarray, region: np.ndarray) -> dict[str, dict]:
@@ -59,10 +60,6 @@ def scores(outputs_by_method: Mapping[str, np.ndarray], target: np.ndarray, regi
 
     outputs_by_method: {method: (B, S, S, 3)}; target: (B, S, S, 3); region: (B, S, S) bool
     -> {method: {"photometric_error": (B,), "ssim": (B,)}}."""
-    from baselines.compare import paste_region
-    from baselines.learned_decoder import image_fidelity
-    from mofa.metrics import photometric_error
-
     return {method: {"photometric_error": photometric_error(out, target, region),
                      "ssim": image_fidelity(paste_region(out, target, region), target, region)["ssim"]}
             for method, out in outputs_by_method.items()}
@@ -71,8 +68,6 @@ def scores(outputs_by_method: Mapping[str, np.ndarray], target: np.ndarray, regi
 def summary_rows(per_image: Mapping[str, dict], facts: Mapping[str, dict]) -> pd.DataFrame:
     """One row per method: mean, median and spread of each score (mofa.metrics.summarise), then the
     method's facts (training, size)."""
-    from mofa.metrics import summarise
-
     rows = []
     for method, values in per_image.items():
         error, ssim = summarise(values["photometric_error"]), summarise(values["ssim"])
@@ -83,24 +78,10 @@ def summary_rows(per_image: Mapping[str, dict], facts: Mapping[str, dict]) -> pd
 
 
 def run(cfg: dict) -> dict:
-    import torch
-
-    from baselines.compare import channels_last, face_masks, images_at, parameter_count, region_at
-    from baselines.conv_autoencoder import ConvAutoencoder, train_conv_autoencoder
-    from mofa.config import select_device
-    from mofa.data.synthetic import SyntheticSet
-    from mofa.errors import MofaError
-    from mofa.facemodel import build_face_model
-    from mofa.figures.qualitative import plot_grid, reconstruction_panels
-    from mofa.training.evaluate import render_estimates
-    from mofa.training.runs import load_encoder, prepare_run_dir, training_decoder
-    from mofa.training.trainer import CHECKPOINT, predict_codes
-    from pipelines.tables import data_hashes, figure_metadata, write_table
-
     e5, out, device = cfg["e5"], outputs(cfg), select_device(cfg)
     size = e5["image_size"]
-    train_set = SyntheticSet(synthetic.data_dir(cfg) / "train")
-    test_set = SyntheticSet(synthetic.data_dir(cfg) / "test")
+    train_set = SyntheticSet(paths.synthetic_dir(cfg) / "train")
+    test_set = SyntheticSet(paths.synthetic_dir(cfg) / "test")
     model = build_face_model(cfg)
     decoder = training_decoder(cfg, model)
 
@@ -110,8 +91,8 @@ def run(cfg: dict) -> dict:
     except ValueError as exc:
         raise MofaError(f"e5.image_size: {exc}") from None
     # a checkpoint from another config, data or code is deleted: only the same run resumes
-    prepare_run_dir(out["weights"].parent, {"config": config_hash({k: cfg[k] for k in PARAMS}),
-                                            "data": data_hashes(cfg, NAME), "code": _stage.code_hash(SOURCES)})
+    prepare_run_dir(out["weights"].parent, {"config": config_hash({k: cfg[k] for k in STAGE.params}),
+                                            "data": data_hashes(cfg, NAME), "code": _stage.code_hash(STAGE.sources)})
     with _stage.timed(f"conv autoencoder: {e5['iterations']} iterations, batch {e5['batch_size']}, {size} px") as timing:
         losses = train_conv_autoencoder(autoencoder, train_set, e5["iterations"], e5["batch_size"], e5["lr"],
                                         seed=cfg["seed"], loss=e5["loss"], device=device,
@@ -123,12 +104,13 @@ def run(cfg: dict) -> dict:
     n = min(e5["eval_images"], len(test_set))
     batch = test_set.batch(np.arange(n), "cpu")
     codes, rendered, masks, encoders = {}, {}, [], {}
+    e1 = STAGES["e1_synthetic"].outputs(cfg)  # its encoders' weights and curves
     with torch.no_grad(), _stage.timed(f"the autoencoders on {n} test images"):
         conv_out = torch.cat([autoencoder(images_at(batch["images"][i:i + 32], size).to(device)).cpu()
                               for i in range(0, n, 32)])
         for name in cfg["e1"]["encoders"]:
             method = model_based_name(name)
-            encoder, trained_size = load_encoder(cfg, name, decoder, e1_synthetic.outputs(cfg)[f"encoder_{name}"])
+            encoder, trained_size = load_encoder(cfg, name, decoder, e1[f"encoder_{name}"])
             codes[method] = predict_codes(encoder.to(device), batch["images"].to(device),
                                           trained_size or cfg["training"]["input_size"]).cpu()
             image, mask = render_estimates(decoder, codes[method], batch["images"])
@@ -150,7 +132,7 @@ def run(cfg: dict) -> dict:
                        "iterations": e5["iterations"], "batch_size": e5["batch_size"],
                        "training_seconds": timing["seconds"], "parameters": parameter_count(autoencoder), **shared}}
     for method, (name, parameters) in encoders.items():
-        curves = pd.read_csv(e1_synthetic.outputs(cfg)[f"curves_{name}"])
+        curves = pd.read_csv(e1[f"curves_{name}"])
         facts[method] = {"semantic_outputs": "pose, shape, expression, reflectance, light",
                          "training_images": len(train_set), "iterations": int(curves["iteration"].iloc[-1]),
                          "batch_size": cfg["training"]["batch_size"],

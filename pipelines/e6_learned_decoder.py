@@ -18,40 +18,39 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from mofa.config import config_hash, results_dir
-from pipelines import _stage, synthetic
+from baselines.compare import (WithFaceRegion, channels_last, face_masks, images_at, parameter_count, paste_region,
+                               region_at)
+from baselines.learned_decoder import LearnedDecoder, image_fidelity, train_learned_decoder
+from mofa.config import config_hash, select_device
+from mofa.data.synthetic import SyntheticSet
+from mofa.errors import MofaError
+from mofa.facemodel import build_face_model
+from mofa.figures.qualitative import BACKGROUND, plot_grid
+from mofa.metrics import summarise
+from mofa.training.evaluate import render_estimates
+from mofa.training.runs import prepare_run_dir, training_decoder
+from mofa.training.trainer import CHECKPOINT
+from pipelines import _stage, paths
+from pipelines.stages import STAGES
+from pipelines.tables import data_hashes, figure_metadata, write_table
 
-NAME = "e6_learned_decoder"
-PARAMS = ("seed", "face_model", "camera", "light", "synthetic", "e6")
-NEEDS = ("synthetic",)
-SOURCES = ("config/schema.yaml", "mofa", "baselines/__init__.py", "baselines/conv_autoencoder.py",
-           "baselines/learned_decoder.py", "baselines/compare.py", "pipelines/_stage.py", "pipelines/tables.py",
-           "pipelines/synthetic.py", "pipelines/e6_learned_decoder.py")
+STAGE = STAGES["e6_learned_decoder"]  # its params, sources and outputs (pipelines/stages.py)
+NAME = STAGE.name
+outputs = STAGE.outputs
 ANALYTIC, LEARNED = "analytic decoder", "learned decoder"
 COLUMNS = ("ground truth", ANALYTIC, LEARNED)
 FIDELITY = ("l1", "psnr", "ssim")
 log = logging.getLogger(f"mofa.stage.{NAME}")
 
 
-def run_dir(cfg: Mapping) -> Path:
-    return results_dir(cfg) / "runs" / NAME
-
-
-def outputs(cfg: Mapping) -> dict[str, Path]:
-    return {"weights": run_dir(cfg) / "learned_decoder.pt", "losses": run_dir(cfg) / "losses.csv",
-            **_stage.result_files(cfg, NAME)}
-
-
 def fidelity_rows(per_image: Mapping[str, Mapping[str, np.ndarray]], facts: Mapping[str, dict]) -> pd.DataFrame:
     """One row per decoder: mean and median of L1, PSNR (finite values) and SSIM over the images
     (mofa.metrics.summarise), then the decoder's facts (training, size)."""
-    from mofa.metrics import summarise
-
     rows = []
     for method, values in per_image.items():
         row: dict = {"method": method}
@@ -64,25 +63,10 @@ def fidelity_rows(per_image: Mapping[str, Mapping[str, np.ndarray]], facts: Mapp
 
 
 def run(cfg: dict) -> dict:
-    import torch
-
-    from baselines.compare import (WithFaceRegion, channels_last, face_masks, images_at, parameter_count,
-                                   paste_region, region_at)
-    from baselines.learned_decoder import LearnedDecoder, image_fidelity, train_learned_decoder
-    from mofa.config import select_device
-    from mofa.data.synthetic import SyntheticSet
-    from mofa.errors import MofaError
-    from mofa.facemodel import build_face_model
-    from mofa.figures.qualitative import BACKGROUND, plot_grid
-    from mofa.training.evaluate import render_estimates
-    from mofa.training.runs import prepare_run_dir, training_decoder
-    from mofa.training.trainer import CHECKPOINT
-    from pipelines.tables import data_hashes, figure_metadata, write_table
-
     e6, out, device = cfg["e6"], outputs(cfg), select_device(cfg)
     size = e6["image_size"]
-    train_set = SyntheticSet(synthetic.data_dir(cfg) / "train")
-    test_set = SyntheticSet(synthetic.data_dir(cfg) / "test")
+    train_set = SyntheticSet(paths.synthetic_dir(cfg) / "train")
+    test_set = SyntheticSet(paths.synthetic_dir(cfg) / "test")
     decoder = training_decoder(cfg, build_face_model(cfg))
     if train_set.manifest["code_layout"] != decoder.layout.sizes:
         raise MofaError(f"{train_set.folder}: codes of layout {train_set.manifest['code_layout']}, the face model's "
@@ -91,8 +75,8 @@ def run(cfg: dict) -> dict:
     # The learned decoder, on the training codes and the face region of each training image.
     n_train = len(train_set) if e6["train_images"] is None else min(e6["train_images"], len(train_set))
     # a checkpoint from another config, data or code is deleted: only the same run resumes
-    prepare_run_dir(out["weights"].parent, {"config": config_hash({k: cfg[k] for k in PARAMS}),
-                                            "data": data_hashes(cfg, NAME), "code": _stage.code_hash(SOURCES)})
+    prepare_run_dir(out["weights"].parent, {"config": config_hash({k: cfg[k] for k in STAGE.params}),
+                                            "data": data_hashes(cfg, NAME), "code": _stage.code_hash(STAGE.sources)})
     with _stage.timed(f"face regions of {n_train} training images"):
         codes = torch.from_numpy(np.array(train_set.arrays["codes"][:n_train]))
         source = WithFaceRegion(train_set, region_at(face_masks(decoder, codes), size))

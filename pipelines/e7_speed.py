@@ -9,32 +9,25 @@ Writes results/<preset>/tables/e7_speed.csv + .md and metrics/e7_speed.json.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from pathlib import Path
 
 import pandas as pd
 
+from mofa import bench
 from mofa.config import camera_from_config, select_device
+from mofa.facemodel import build_face_model
 from mofa.machine_load import LoadMonitor
+from mofa.paper import ENCODER_NAMES, paper_value
 from pipelines import _stage
+from pipelines.stages import STAGES
+from pipelines.tables import write_table
 
-NAME = "e7_speed"
-NEEDS = ("face_model",)
-PARAMS = ("face_model", "camera", "training", "e7")
-SOURCES = ("config/schema.yaml", "mofa", "pipelines/_stage.py", "pipelines/tables.py", "pipelines/e7_speed.py")
+STAGE = STAGES["e7_speed"]  # its params, sources and outputs (pipelines/stages.py)
+NAME = STAGE.name
+outputs = STAGE.outputs
 log = logging.getLogger(f"mofa.stage.{NAME}")
 
 
-def outputs(cfg: Mapping) -> dict[str, Path]:
-    return _stage.result_files(cfg, NAME, figure=False)
-
-
 def run(cfg: dict) -> dict:
-    from mofa import bench
-    from mofa.facemodel import build_face_model
-    from mofa.paper import ENCODER_NAMES, paper_value
-    from pipelines.tables import write_table
-
     e7, out = cfg["e7"], outputs(cfg)
     model, camera, device = build_face_model(cfg), camera_from_config(cfg), select_device(cfg)
     input_size = cfg["training"]["input_size"]

@@ -8,41 +8,23 @@ face_model.cache_dir), figures/face_model.png (the model card) and metrics/face_
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from pathlib import Path
 
-from mofa.config import camera_from_config, config_hash, results_dir
+from mofa.config import camera_from_config, config_hash
+from mofa.decoder import CodeLayout
+from mofa.facemodel import build_face_model, cache_path
+from mofa.figures.face_model_card import plot_face_model_card
 from pipelines import _stage
+from pipelines.stages import STAGES
+from pipelines.tables import figure_metadata
 
-NAME = "face_model"
-# Config sections this stage reads: dvc.yaml's `params:` and the Snakemake rule's params list the same.
-PARAMS = ("face_model", "camera")
-# Code it runs (what it imports, found by tests/test_workflow.py): dvc.yaml's `deps:` and the Snakemake
-# rule's input list the same, so that an edit to any of it reruns the stage under both engines.
-SOURCES = ("config/schema.yaml", "mofa/__init__.py", "mofa/errors.py", "mofa/io.py", "mofa/config.py", "mofa/facemodel",
-           "mofa/decoder", "mofa/render", "mofa/figures/__init__.py", "mofa/figures/face_model_card.py",
-           "mofa/bench.py", "mofa/losses.py", "mofa/landmarks.py", "mofa/training/__init__.py",
-           "mofa/training/precision.py",  # the provenance line names the training precision
-           "pipelines/__init__.py", "pipelines/_stage.py", "pipelines/tables.py", "pipelines/face_model.py")
-
+STAGE = STAGES["face_model"]  # its params, sources and outputs (pipelines/stages.py)
+NAME = STAGE.name
+outputs = STAGE.outputs
 log = logging.getLogger(f"mofa.stage.{NAME}")
-
-
-def outputs(cfg: Mapping) -> dict[str, Path]:
-    """The files this stage writes for a config."""
-    root = results_dir(cfg)
-    return {"model": root / "models" / "face_model.npz",
-            "figure": root / "figures" / "face_model.png",
-            "metrics": root / "metrics" / "face_model.json"}
 
 
 def run(cfg: dict) -> dict:
     """Build the face model, publish it, draw its model card, write the metrics; returns the metrics."""
-    from mofa.decoder import CodeLayout
-    from mofa.facemodel import build_face_model, cache_path
-    from mofa.figures.face_model_card import plot_face_model_card
-    from pipelines.tables import figure_metadata
-
     out = outputs(cfg)
     cached = cache_path(cfg)
     from_cache = cached.exists()

@@ -16,51 +16,22 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from mofa.config import results_dir
 from mofa.errors import MofaError
-from pipelines import _stage
+from mofa.realdata.adapters import ENV_VARS, adapter_for
+from mofa.realdata.crop_policy import CropPolicy
+from mofa.realdata.prepare import prepare, split_of
+from pipelines import _stage, paths
+from pipelines.paths import DATASETS
+from pipelines.stages import STAGES
 
-NAME = "real_data"
-PARAMS = ("camera", "real_data")
-NEEDS = ()
-SOURCES = ("config/schema.yaml", "mofa/__init__.py", "mofa/config.py", "mofa/errors.py", "mofa/io.py", "mofa/landmarks.py", "mofa/metrics.py",
-           "mofa/realdata", "pipelines/__init__.py", "pipelines/_stage.py", "pipelines/real_data.py")
-DATASETS = ("aflw2000", "ibug68")
+STAGE = STAGES["real_data"]  # its params, sources and outputs (pipelines/stages.py)
+NAME = STAGE.name
+outputs, manifests, data_dir, folder = STAGE.outputs, STAGE.manifests, paths.real_dir, paths.real_folder
 log = logging.getLogger(f"mofa.stage.{NAME}")
-
-
-def data_dir(cfg: Mapping) -> Path:
-    return results_dir(cfg) / "data" / "real"
-
-
-def folder(cfg: Mapping, dataset: str) -> Path:
-    """The prepared folder of one dataset (a RealFaceSet)."""
-    return data_dir(cfg) / dataset
-
-
-# The files of a prepared folder (format: mofa/realdata/prepare.py), each a declared output, so that the
-# workflow engines prepare a dataset again when any of them is gone or stale; tests/test_real_stages.py
-# checks that a prepared folder holds exactly these.
-FOLDER_FILES = ("images.npy", "landmarks.npy", "landmark_confidence.npy", "gt_landmarks.npy", "transforms.npy",
-                "manifest.csv", "summary.json")
-
-
-def outputs(cfg: Mapping) -> dict[str, Path]:
-    files = {f"{dataset}_{Path(name).stem}" if name != "summary.json" else dataset: folder(cfg, dataset) / name
-             for dataset in DATASETS for name in FOLDER_FILES}
-    return {**files, "metrics": results_dir(cfg) / "metrics" / "real_data.json"}
-
-
-def manifests(cfg: Mapping) -> dict[str, Path]:
-    """The files that describe the data this stage writes (every image kept or dropped); their hashes stamp
-    every table and figure made from it (pipelines/tables.py)."""
-    return {f"real/{dataset}": folder(cfg, dataset) / "manifest.csv" for dataset in DATASETS}
 
 
 def dataset_root(cfg: Mapping, dataset: str) -> Path:
     """real_data.<dataset>_root, else the dataset's environment variable; a MofaError naming both."""
-    from mofa.realdata.adapters import ENV_VARS
-
     key, var = f"{dataset}_root", ENV_VARS[dataset]
     value = cfg["real_data"][key] or os.environ.get(var)
     if not value:
@@ -72,19 +43,12 @@ def dataset_root(cfg: Mapping, dataset: str) -> Path:
 def split_samples(cfg: Mapping, dataset: str = "aflw2000", split: str = "eval") -> list:
     """The samples of one split of a dataset as `run` splits them (real_data.max_images, split_seed,
     eval_fraction), whether or not the preparation kept them: the images a benchmark scores."""
-    from mofa.realdata.adapters import adapter_for
-    from mofa.realdata.prepare import split_of
-
     rd = cfg["real_data"]
     samples = list(adapter_for(dataset)(dataset_root(cfg, dataset)))[: rd["max_images"]]
     return [s for s in samples if split_of(s.group, rd["split_seed"], rd["eval_fraction"]) == split]
 
 
 def run(cfg: dict) -> dict:
-    from mofa.realdata.adapters import adapter_for
-    from mofa.realdata.crop_policy import CropPolicy
-    from mofa.realdata.prepare import prepare
-
     rd = cfg["real_data"]
     roots = {dataset: dataset_root(cfg, dataset) for dataset in DATASETS}  # fail before any work
     metrics = {}

@@ -11,7 +11,6 @@ Writes results/<preset>/report.html, report.md and tables/runtime.csv + .md.
 from __future__ import annotations
 
 import html
-import importlib
 import logging
 import math
 import os
@@ -21,18 +20,22 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
-from mofa.config import results_dir
-from pipelines import _stage
+from mofa.bench import device_name
+from mofa.config import results_dir, select_device
+from mofa.errors import MofaError
+from mofa.paper import paper_numbers
+from mofa.results import format_value, main_table, read_table
+from mofa.scorecard import read_tables, scorecard
+from pipelines import _stage, paths
+from pipelines.stages import STAGES, needed
+from pipelines.tables import PNG_KEY, data_hashes, git_commit, result_config_hash, write_table, write_text
 
-NAME = "report"
-PARAMS = ("preset",)
-# The experiment stages whose tables and figures the report collects. Adding a stage's name here is all the
-# report needs: it finds their tables and figures by globbing tables/*.csv and figures/*.png (in this
-# order, then by name). dvc.yaml's report stage lists that stage's outputs among its deps (tests check).
-NEEDS = ("face_model", "e1_synthetic", "e7_speed", "e2_e3_real", "e8_qualitative", "e4_baselines",
-         "e5_conv_autoencoder", "e6_learned_decoder")
-SOURCES = ("config/schema.yaml", "mofa", "pipelines")
+# Its needs are the experiment stages whose tables and figures it collects (pipelines/stages.py).
+STAGE = STAGES["report"]
+NAME = STAGE.name
+outputs = STAGE.outputs
 # Distribution names whose versions the report lists, by what they are called in it.
 PACKAGES = {"torch": ("torch",), "numpy": ("numpy",), "open3d": ("open3d", "open3d-cpu"),
             "opencv": ("opencv-contrib-python", "opencv-python", "opencv-python-headless"),
@@ -43,16 +46,9 @@ MAX_ROWS = 60  # longer tables (per-image values) are cut in the report; the CSV
 log = logging.getLogger(f"mofa.stage.{NAME}")
 
 
-def outputs(cfg: Mapping) -> dict[str, Path]:
-    root = results_dir(cfg)
-    return {"html": root / "report.html", "markdown": root / "report.md",
-            "runtime": root / "tables" / "runtime.csv", "runtime_md": root / "tables" / "runtime.md"}
-
-
 def stages() -> list[str]:
     """Every stage the report covers, upstream first (the experiments and the stages they need)."""
-    from pipelines.tables import needed_stages
-    return needed_stages(NAME)
+    return needed(NAME)
 
 
 def ordered(paths: list[Path], cfg: Mapping) -> list[Path]:
@@ -60,7 +56,7 @@ def ordered(paths: list[Path], cfg: Mapping) -> list[Path]:
     declares come last."""
     rank = {}
     for i, stage in enumerate(stages()):
-        for path in importlib.import_module(f"pipelines.{stage}").outputs(cfg).values():
+        for path in STAGES[stage].outputs(cfg).values():
             rank.setdefault(Path(path), i)
     return sorted(paths, key=lambda p: (rank.get(p, len(rank) + 1), p.name))
 
@@ -94,7 +90,7 @@ def runtime_table(cfg: Mapping) -> pd.DataFrame:
     ran outside Snakemake), and the total of those measured."""
     rows = []
     for stage in stages():
-        bench = read_benchmark(_stage.benchmark_path(cfg, stage))
+        bench = read_benchmark(paths.benchmark_path(cfg, stage))
         rows.append({"stage": stage, "wall_time": hms(bench["wall_s"]) if bench else NOT_MEASURED,
                      **(bench or {"wall_s": math.nan, "max_rss_mb": math.nan, "cpu_s": math.nan})})
     frame = pd.DataFrame(rows)
@@ -124,10 +120,6 @@ def package_versions() -> dict[str, str]:
 
 def run_metadata(cfg: Mapping) -> dict[str, str]:
     """What the report's numbers came from: one line each."""
-    from mofa.bench import device_name
-    from mofa.config import select_device
-    from pipelines.tables import data_hashes, git_commit, result_config_hash
-
     data = data_hashes(cfg, NAME)
     return {"preset": cfg["preset"], "git commit": git_commit(), "config hash": result_config_hash(cfg),
             **{f"data manifest {name}": digest for name, digest in data.items()},
@@ -136,9 +128,6 @@ def run_metadata(cfg: Mapping) -> dict[str, str]:
 
 
 def figure_provenance(path: Path) -> str:
-    from PIL import Image
-
-    from pipelines.tables import PNG_KEY
     try:
         with Image.open(path) as image:
             return image.text.get(PNG_KEY, "")
@@ -155,7 +144,6 @@ def shown(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 
 def format_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    from mofa.results import format_value
     return frame.apply(lambda column: column.map(format_value))
 
 
@@ -236,12 +224,6 @@ def render_html(cfg: Mapping, scores: pd.DataFrame, main: pd.DataFrame | None, t
 
 
 def run(cfg: dict) -> dict:
-    from mofa.errors import MofaError
-    from mofa.paper import paper_numbers
-    from mofa.results import main_table, read_table
-    from mofa.scorecard import read_tables, scorecard
-    from pipelines.tables import write_table, write_text
-
     out = outputs(cfg)
     runtime = runtime_table(cfg)
     write_table(runtime, out["runtime"], out["runtime_md"], cfg, "Wall time per stage (Snakemake benchmark files)",

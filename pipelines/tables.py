@@ -3,7 +3,6 @@ the hashes of the data manifests the stage read); figures carry the same stamp i
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import subprocess
 from collections.abc import Mapping
@@ -12,9 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from mofa import io
-from mofa.config import REPO_ROOT, config_hash
+from mofa.config import REPO_ROOT, config_hash, select_device
 from mofa.errors import MofaError
+from mofa.training.precision import resolve_precision
 from pipelines._stage import wrote
+from pipelines.stages import STAGES, needed
 
 # A manifest's timings (synthetic/<split>/manifest.json) say how fast it was made, not what was made:
 # left out of its hash, so that the same config gives the same stamp.
@@ -39,28 +40,12 @@ def git_commit() -> str:
         return "unknown"
 
 
-def needed_stages(stage: str) -> list[str]:
-    """Every stage whose outputs `stage` reads, directly or through others (each module's NEEDS), in a
-    stable order: depth first, each once."""
-    order: list[str] = []
-
-    def visit(name: str) -> None:
-        for other in getattr(importlib.import_module(f"pipelines.{name}"), "NEEDS", ()):
-            if other not in order:
-                visit(other)
-                order.append(other)
-
-    visit(stage)
-    return order
-
-
 def data_manifests(cfg: Mapping, stage: str) -> dict[str, Path]:
-    """The manifests of the data `stage` read: those of the data stages it needs (a stage module that
-    writes data declares them with manifests(cfg))."""
+    """The manifests of the data `stage` read: those of the data stages it needs (a stage that writes
+    data declares them, pipelines/stages.py)."""
     found: dict[str, Path] = {}
-    for name in needed_stages(stage):
-        module = importlib.import_module(f"pipelines.{name}")
-        found.update(module.manifests(cfg) if hasattr(module, "manifests") else {})
+    for name in needed(stage):
+        found.update(STAGES[name].manifests(cfg))
     return found
 
 
@@ -94,8 +79,6 @@ def provenance(cfg: Mapping, stage: str) -> str:
 
 def training_precision(cfg: Mapping) -> str:
     """'fp32' or 'bf16': training.precision resolved on this machine for the config's device."""
-    from mofa.config import select_device
-    from mofa.training.precision import resolve_precision
     return resolve_precision(cfg["training"]["precision"], select_device(cfg))
 
 

@@ -24,7 +24,7 @@ from mofa import io
 from mofa.config import REPO_ROOT, load_config
 from mofa.errors import MofaError
 from mofa.training.trainer import CHECKPOINT, FINAL, METRICS
-from pipelines import _stage
+from pipelines import _stage, paths
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
 # As tests/test_robustness.py's TINY, with AlexNet alone: the ci preset's E1 in seconds.
@@ -323,7 +323,7 @@ def test_training_killed_under_snakemake_resumes_to_the_same_tables(killed_and_r
     cfg, run, killed_at = killed_and_rerun["cfg"], killed_and_rerun["run"], killed_and_rerun["killed_at"]
     assert "unlocked" in killed_and_rerun["unlock"]
     relative = run.relative_to(killed_and_rerun["workdir"])  # the stage logs the path as it was given
-    log = (killed_and_rerun["workdir"] / _stage.log_path(load_config("ci"), "e1_synthetic")).read_text()
+    log = (killed_and_rerun["workdir"] / paths.log_path(load_config("ci"), "e1_synthetic")).read_text()
     assert f"resumed {relative} at iteration {killed_at}" in log, log[-3000:]
     assert e1_tables(cfg) == e1_tables(reference_e1)
     for name in cfg["e1"]["encoders"]:
@@ -344,7 +344,7 @@ def test_a_deleted_intermediate_is_regenerated(killed_and_rerun):
     from pipelines import synthetic
     workdir, cfg = killed_and_rerun["workdir"], killed_and_rerun["cfg"]
     train = synthetic.data_dir(cfg) / "train"
-    assert {p.name for p in train.iterdir()} == set(synthetic.SPLIT_FILES)
+    assert {p.name for p in train.iterdir()} == set(paths.SPLIT_FILES)
     (train / "codes.npy").unlink()
     dry = subprocess.run(snakemake_command(workdir, "-n"), cwd=workdir, env=ENV,  # `make reproduce`'s target
                          capture_output=True, text=True, timeout=120)

@@ -15,7 +15,7 @@ from PIL import Image  # noqa: E402
 from mofa.config import load_config  # noqa: E402
 from mofa.errors import MofaError  # noqa: E402
 from mofa.figures.curves import save_figure  # noqa: E402
-from pipelines import real_data, synthetic, tables  # noqa: E402
+from pipelines import real_data, stages, synthetic, tables  # noqa: E402
 
 
 @pytest.fixture
@@ -32,9 +32,9 @@ def cfg(tmp_path):
 
 
 def test_needed_stages_follow_needs_transitively():
-    assert tables.needed_stages("face_model") == []
-    assert tables.needed_stages("e1_synthetic") == ["face_model", "synthetic"]
-    assert set(tables.needed_stages("e8_qualitative")) >= {"synthetic", "real_data", "e1_synthetic", "e2_e3_real"}
+    assert stages.needed("face_model") == []
+    assert stages.needed("e1_synthetic") == ["face_model", "synthetic"]
+    assert set(stages.needed("e8_qualitative")) >= {"synthetic", "real_data", "e1_synthetic", "e2_e3_real"}
 
 
 def test_tables_name_the_data_their_stage_read(cfg, tmp_path):

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from mofa.config import CONFIG_DIR, REPO_ROOT
+from pipelines.stages import STAGES as DECLARED
 
 from slurm_cluster import PARTITION, SlurmCluster
 from test_workflow import MULTICORE_STAGES
@@ -44,7 +45,7 @@ TIMING_COLUMNS = {
                  "peak_fraction", *LOAD_COLUMNS},
     "runtime": {"wall_time", "wall_s", "max_rss_mb", "cpu_s"},  # Snakemake's benchmark files
 }
-STAGES = sorted(p.stem for p in (REPO_ROOT / "workflow" / "rules").glob("*.smk") if p.stem != "common")
+STAGES = sorted(DECLARED)
 RUN_TIMEOUT_S = 45 * 60
 
 

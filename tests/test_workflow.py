@@ -1,8 +1,8 @@
-"""The two workflow engines describe the same stages: Snakemake rules and DVC stages agree with each
-other and with what each stage module in pipelines/ declares (PARAMS, SOURCES, outputs)."""
+"""The two workflow engines run the stages declared in pipelines/stages.py: Snakemake's rules are made
+from the declarations, dvc.yaml is written from them (and must be current), and each declaration holds
+what its stage imports and writes."""
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from mofa.config import CONFIG_DIR, REPO_ROOT, load_config, presets, read_yaml
-from pipelines import _stage
 from mofa.errors import MofaError
+from pipelines import _stage, dvc_yaml
+from pipelines.stages import STAGES
 
 
 def dvc_stages() -> dict:
@@ -33,46 +34,70 @@ def snakemake(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def snakemake_rules() -> set[str]:
+def test_the_declarations_import_neither_torch_nor_a_stage_module():
+    """Snakemake builds its DAG from pipelines/stages.py, and the dvc.yaml writer reads it: neither may pay
+    for torch or run a stage module's imports."""
+    probe = ("import sys, pipelines.stages, pipelines.dvc_yaml; print(json.dumps(sorted(m for m in sys.modules if "
+             "m.split('.')[0] in ('torch', 'numpy', 'pandas') or m.startswith('pipelines.'))))")
+    result = subprocess.run([sys.executable, "-c", f"import json; {probe}"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["pipelines.dvc_yaml", "pipelines.paths", "pipelines.stages"]
+
+
+def test_snakemake_has_a_rule_per_declared_stage():
     result = snakemake("--list-rules")
     assert result.returncode == 0, result.stderr
-    return {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    listed = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " (" in line)
+    assert {line.split()[0] for line in result.stdout.splitlines() if line.strip()} == {"all", *STAGES}
+    assert listed == {name: f"({stage.description})" for name, stage in STAGES.items()}
 
 
-def test_dvc_stages_are_the_snakemake_rules(snakemake_rules):
-    assert "all" in snakemake_rules
-    assert set(dvc_stages()) == snakemake_rules - {"all"}
+def test_dvc_yaml_is_current():
+    assert (REPO_ROOT / "dvc.yaml").read_text() == dvc_yaml.render(), \
+        "dvc.yaml differs from what pipelines/stages.py declares: run `python -m pipelines.dvc_yaml` (make dvc.yaml)"
+    assert list(dvc_stages()) == list(STAGES)
 
 
-@pytest.mark.parametrize("stage", list(dvc_stages()))
-def test_dvc_stage_matches_its_module(stage):
-    module = importlib.import_module(f"pipelines.{stage}")
-    spec = dvc_stages()[stage]
-    assert f"python -m pipelines.{stage} --config config/${{preset}}.yaml" in spec["cmd"]
-    needed = {str(path).replace(f"results/{name}/", "results/${preset}/") for other in getattr(module, "NEEDS", ())
-              for name in ["default"]
-              for path in _stage.dvc_outputs(importlib.import_module(f"pipelines.{other}"), load_config(name)).values()}
-    assert set(entries(spec["deps"])) == set(module.SOURCES) | needed
-    (params_file, sections), = entries(spec["params"]).items()
-    assert params_file == "config/${preset}.yaml"
-    assert tuple(sections) == module.PARAMS
-    for name in presets():
+@pytest.mark.parametrize("name", presets())
+def test_dvc_yaml_serves_every_preset(name):
+    """dvc.yaml is written once for every preset (results/${preset}/): each stage's outputs in it are
+    that preset's, and the config sections it tracks are written in the preset file, which DVC reads."""
+    raw = read_yaml(CONFIG_DIR / f"{name}.yaml")
+    for stage, spec in dvc_stages().items():
         declared = {path.replace("${preset}", name) for path in
                     [*entries(spec.get("outs", [])), *entries(spec.get("metrics", [])), *entries(spec.get("plots", []))]}
-        assert declared == {str(p) for p in _stage.dvc_outputs(module, load_config(name)).values()}, name
-        # DVC reads these sections straight from the preset file, so each must be written there.
-        raw = read_yaml(CONFIG_DIR / f"{name}.yaml")
-        assert set(module.PARAMS) <= set(raw), f"config/{name}.yaml lacks {set(module.PARAMS) - set(raw)}"
+        assert declared == {str(p) for p in STAGES[stage].dvc_outputs(load_config(name)).values()}, stage
+        assert set(STAGES[stage].params) <= set(raw), f"config/{name}.yaml lacks {set(STAGES[stage].params) - set(raw)}"
+
+
+# Run in a fresh interpreter: imports one stage module and prints the project files it imported.
+IMPORTED = """
+import json, sys, importlib
+from pathlib import Path
+from mofa.config import REPO_ROOT
+importlib.import_module(f"pipelines.{sys.argv[1]}")
+files = {Path(m.__file__).resolve() for m in list(sys.modules.values()) if getattr(m, "__file__", None)}
+print(json.dumps(sorted(f.relative_to(REPO_ROOT).as_posix() for f in files if f.is_relative_to(REPO_ROOT)
+                        and f.parts[len(REPO_ROOT.parts)] in ("mofa", "pipelines", "baselines"))))
+"""
+
+
+@pytest.mark.parametrize("stage", [name for name in STAGES if name != "report"])  # report: all of pipelines/
+def test_a_stage_declares_the_pipelines_and_baselines_code_it_imports(stage):
+    """Its sources (what Snakemake and DVC rerun it for, and a training run's code hash) hold every module
+    of pipelines/ and baselines/ that its entry point imports (pipelines/__init__.py is a docstring)."""
+    result = subprocess.run([sys.executable, "-c", IMPORTED, stage], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    sources = STAGES[stage].sources
+    undeclared = [f for f in json.loads(result.stdout) if not f.startswith("mofa/") and f != "pipelines/__init__.py"
+                  and not any(f == s or f.startswith(s + "/") for s in sources)]
+    assert not undeclared, f"pipelines/stages.py: {stage}'s sources miss {undeclared}"
 
 
 def test_params_yaml_names_a_preset():
     assert read_yaml(REPO_ROOT / "params.yaml")["preset"] in presets()
-
-
-def test_rule_files_exist_for_each_stage():
-    for stage in dvc_stages():
-        assert (REPO_ROOT / "workflow" / "rules" / f"{stage}.smk").is_file()
 
 
 # Stages that train or render with torch: Snakemake gives a rule without `threads` one core and sets
@@ -103,8 +128,8 @@ def dry_run_jobs(*args: str) -> dict[str, tuple[int, dict[str, str]]]:
 
 def test_torch_stages_claim_every_core_and_every_stage_states_its_resources():
     jobs = dry_run_jobs("--cores", "3")
-    assert set(jobs) == set(dvc_stages()) | {"all"}
-    for stage in dvc_stages():
+    assert set(jobs) == set(STAGES) | {"all"}
+    for stage in STAGES:
         threads, resources = jobs[stage]
         assert threads == (3 if stage in MULTICORE_STAGES else 1), stage
         assert int(resources["mem_mb"]) > 0 and int(resources["runtime"]) > 0, stage
@@ -113,12 +138,12 @@ def test_torch_stages_claim_every_core_and_every_stage_states_its_resources():
 
 def test_device_stages_ask_for_a_gpu_when_the_device_is_cuda():
     jobs = dry_run_jobs("--cores", "1", "--config", "device=cuda")
-    assert {stage for stage in dvc_stages() if jobs[stage][1].get("gpu") == "1"} == set(DEVICE_STAGES)
+    assert {stage for stage in STAGES if jobs[stage][1].get("gpu") == "1"} == set(DEVICE_STAGES)
 
 
 def test_device_stages_are_those_that_select_a_device():
     """The stages whose module calls select_device, itself or through run_training (mofa/training/runs.py)."""
-    for stage in dvc_stages():
+    for stage in STAGES:
         code = (REPO_ROOT / "pipelines" / f"{stage}.py").read_text()
         assert ("select_device" in code or "run_training" in code) == (stage in DEVICE_STAGES), stage
 
@@ -183,8 +208,8 @@ def build(cfg, rebuild=False):
     model.save(cached)
     return model
 
-mofa.facemodel.build_face_model = build
-mofa.facemodel.cache_path = lambda cfg: __import__("pathlib").Path(cached)
+face_model.build_face_model = mofa.facemodel.build_face_model = build
+face_model.cache_path = mofa.facemodel.cache_path = lambda cfg: __import__("pathlib").Path(cached)
 metrics = face_model.run(load_config("ci", {"results_dir": results}))
 files = sorted({m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)})
 print(json.dumps({"metrics": metrics, "model": [model.n_vertices, model.n_shape, model.n_expression,
@@ -194,7 +219,7 @@ print(json.dumps({"metrics": metrics, "model": [model.n_vertices, model.n_shape,
 
 def test_face_model_stage_writes_its_outputs_and_declares_its_code(tmp_path):
     """The stage on the small synthetic model: every declared output exists, the metrics add up, and
-    every project module it imports is among its SOURCES (what DVC and Snakemake rerun it for)."""
+    every project module it imports is among its declared sources (what DVC and Snakemake rerun it for)."""
     from pipelines import face_model
 
     cached = tmp_path / "cache" / "small.npz"
@@ -213,5 +238,5 @@ def test_face_model_stage_writes_its_outputs_and_declares_its_code(tmp_path):
 
     used = {Path(f).resolve().relative_to(REPO_ROOT).as_posix() for f in report["files"]
             if Path(f).resolve().is_relative_to(REPO_ROOT / "mofa") or Path(f).resolve().is_relative_to(REPO_ROOT / "pipelines")}
-    undeclared = {f for f in used if not any(f == s or f.startswith(s + "/") for s in face_model.SOURCES)}
-    assert not undeclared, f"pipelines/face_model.py SOURCES (and dvc.yaml deps) miss {sorted(undeclared)}"
+    undeclared = {f for f in used if not any(f == s or f.startswith(s + "/") for s in face_model.STAGE.sources)}
+    assert not undeclared, f"pipelines/stages.py: face_model's sources (and dvc.yaml deps) miss {sorted(undeclared)}"

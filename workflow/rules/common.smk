@@ -1,6 +1,6 @@
-# Helpers shared by the rule files: each stage module in pipelines/ declares what it reads and writes
-# (PARAMS, SOURCES, outputs(cfg)); these turn that into rule inputs, outputs, params, logs and commands.
-import importlib
+# Helpers of the Snakefile's rules: each stage's declaration in pipelines/stages.py (params, needs,
+# sources, outputs(cfg)) turned into rule inputs, outputs, params, logs and commands. They read the
+# declarations only, so that building the DAG imports no stage module (nor torch).
 import json
 import os
 import shlex
@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from pipelines import _stage
+from pipelines import paths
+from pipelines.stages import STAGES, source_files
 
 PYTHON = shlex.quote(sys.executable)  # the interpreter running Snakemake, which has the project installed
 CONFIG_FILES = [os.path.relpath(p) for p in workflow.configfiles]  # --configfile's, else the default
@@ -19,13 +20,9 @@ CONFIG_ARGS = " ".join(
 )
 
 
-def stage_module(name):
-    return importlib.import_module(f"pipelines.{name}")
-
-
 def stage_outputs(name):
     """Named output files of a stage for this config."""
-    return {key: str(path) for key, path in stage_module(name).outputs(config).items()}
+    return {key: str(path) for key, path in STAGES[name].outputs(config).items()}
 
 
 def stage_targets(name):
@@ -37,26 +34,26 @@ def stage_sources(name):
     relative to the working directory, absolute where that is not the repository (`--directory`)."""
     here = Path.cwd().resolve()
     return [str(p.relative_to(here)) if p.is_relative_to(here) else str(p)
-            for p in _stage.source_files(stage_module(name).SOURCES)]
+            for p in source_files(STAGES[name].sources)]
 
 
 def stage_inputs(name):
-    """The code a stage runs plus the outputs of the stages it needs (its module's NEEDS)."""
-    needed = [path for other in getattr(stage_module(name), "NEEDS", ()) for path in stage_targets(other)]
+    """The code a stage runs plus the outputs of the stages it needs."""
+    needed = [path for other in STAGES[name].needs for path in stage_targets(other)]
     return stage_sources(name) + needed
 
 
 def stage_params(name):
     """The config sections a stage reads: a change to any of them reruns it."""
-    return {section: config[section] for section in stage_module(name).PARAMS}
+    return {section: config[section] for section in STAGES[name].params}
 
 
 def stage_log(name):
-    return str(_stage.log_path(config, name))
+    return str(paths.log_path(config, name))
 
 
 def stage_benchmark(name):
-    return str(_stage.benchmark_path(config, name))
+    return str(paths.benchmark_path(config, name))
 
 
 def stage_command(name):
