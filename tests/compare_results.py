@@ -38,6 +38,7 @@ TIMING_COLUMNS = {
 # Figures that draw measured times: E7's speeds, E4's time per image.
 TIMED_FIGURES = frozenset({"e7_speed", "e4_baselines"})
 PROVENANCE = "; preset "  # where a table's title ends (pipelines.tables.provenance)
+RULE = re.compile(r"(:?)-+(:?)")  # a Markdown table's header rule cell, e.g. :---, ---:
 COMMIT = re.compile(r"commit [0-9a-f]{7,40}(\+dirty)?")  # provenance's `commit <hash>` (pipelines.tables.git_commit)
 
 
@@ -57,6 +58,9 @@ def table_lines(path: Path, results_dir: str, ignore_commit: bool = False) -> li
     else:
         lines = [[cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else line
                  for line in text.splitlines()]
+        # the rule under the header is as wide as each column's widest cell: keep only its alignment
+        lines = [[RULE.sub(lambda m: f"{m[1]}-{m[2]}", cell) for cell in line]
+                 if isinstance(line, list) and all(RULE.fullmatch(cell) for cell in line) else line for line in lines]
     if path.stem in TIMED_TITLES:  # keep the provenance (after the title), drop the title's measured figures
         lines = [line.split(PROVENANCE, 1)[-1] if isinstance(line, str) and PROVENANCE in line else line
                  for line in lines if not (isinstance(line, str) and line.startswith("**"))]  # Markdown title

@@ -29,6 +29,13 @@ def test_table_comparison_sees_a_changed_cell_and_ignores_timings(tmp_path):
     (slurm / "e1_synthetic.csv").write_text("a,b\n1,/x/slurm/runs/e1.pt\n")
     assert len(differences(local, slurm, "/x/local", "/x/slurm")) == 1
     assert len(differences(local, slurm)) == 2
+    # Results dirs of other lengths widen a Markdown column, and its header rule, differently.
+    for folder, root in ((local, "/x/before"), (slurm, "/x/after")):
+        (folder / "e2_real_curves.md").write_text(f"| seconds | init |\n|--:|:{'-' * len(root + '/e1.pt')}|\n"
+                                                  f"| 1 | {root}/e1.pt |\n")
+    assert "e2_real_curves.md" not in " ".join(differences(local, slurm, "/x/before", "/x/after"))
+    (slurm / "e2_real_curves.md").write_text("| seconds | init |\n|--:|---:|\n| 1 | /x/after/e1.pt |\n")
+    assert "e2_real_curves.md" in " ".join(differences(local, slurm, "/x/before", "/x/after"))  # alignment counts
 
 
 def test_the_commit_is_masked_only_when_asked(tmp_path, capsys):
