@@ -74,6 +74,9 @@ def needed(name: str) -> list[str]:
 
 # What every stage module imports from the pipelines package besides itself.
 PIPELINE = ("pipelines/_stage.py", "pipelines/paths.py", "pipelines/stages.py")
+# What E5 and E6 (the trained baseline networks) run besides their own module.
+BASELINE_NETWORK_SOURCES = ("config/schema.yaml", "mofa", "baselines/__init__.py", "baselines/conv_autoencoder.py",
+                            "baselines/learned_decoder.py", "baselines/compare.py", *PIPELINE, "pipelines/tables.py")
 
 
 def _face_model(cfg: Mapping) -> dict[str, Path]:
@@ -228,16 +231,12 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
                                  "encoder + analytic decoder).",
           params=("seed", "face_model", "camera", "light", "synthetic", "training", "e1", "e5"),
           needs=("synthetic", "e1_synthetic"),
-          sources=("config/schema.yaml", "mofa", "baselines/__init__.py", "baselines/conv_autoencoder.py",
-                   "baselines/learned_decoder.py", "baselines/compare.py", *PIPELINE, "pipelines/tables.py",
-                   "pipelines/e5_conv_autoencoder.py"),
+          sources=(*BASELINE_NETWORK_SOURCES, "pipelines/e5_conv_autoencoder.py"),
           outputs=_trained_network("e5_conv_autoencoder", "conv_autoencoder.pt"), plots={"losses": ("iteration", "loss")}),
     Stage("e6_learned_decoder", "E6 (Fig. 13): learned decoder against the analytic decoder on held-out synthetic "
                                 "codes.",
           params=("seed", "face_model", "camera", "light", "synthetic", "e6"), needs=("synthetic",),
-          sources=("config/schema.yaml", "mofa", "baselines/__init__.py", "baselines/conv_autoencoder.py",
-                   "baselines/learned_decoder.py", "baselines/compare.py", *PIPELINE, "pipelines/tables.py",
-                   "pipelines/e6_learned_decoder.py"),
+          sources=(*BASELINE_NETWORK_SOURCES, "pipelines/e6_learned_decoder.py"),
           outputs=_trained_network("e6_learned_decoder", "learned_decoder.pt"), plots={"losses": ("iteration", "loss")}),
     # The report collects the tables and figures of the stages it needs by globbing tables/*.csv and
     # figures/*.png (in this order, then by name): adding a stage's name to its needs is all it takes.
