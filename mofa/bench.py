@@ -11,6 +11,7 @@ import math
 import statistics
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,16 +20,8 @@ from mofa.decoder import Decoder, PinholeCamera
 from mofa.losses import photometric_loss
 from mofa.render.raycast import render
 
-RENDER_REGIONS = ("face_head", "full_face")  # preferred regions for images, whole model otherwise
-
-
-def render_region_model(model):
-    """The sub-model drawn in images: 'face_head' if the model has it, else 'full_face', else all."""
-    for region in RENDER_REGIONS:
-        if region in model.regions:
-            return model.submesh(region)
-    return model
-
+if TYPE_CHECKING:
+    from mofa.settings import EncoderSettings
 
 def _synchronise(device: torch.device) -> None:
     if device.type == "cuda":
@@ -88,12 +81,12 @@ def bench_decoder(model, camera: PinholeCamera, device="cpu", batch_sizes=(5, 32
 
 def bench_renderer(model, camera: PinholeCamera, n_images: int = 50, supersample: int = 1,
                    seed: int = 0) -> dict:
-    """Images per second of the ray-cast renderer on the image region ('face_head', else
-    'full_face', else the whole model) at random small poses and random shape and expression.
+    """Images per second of the ray-cast renderer on the region images show (`FaceModel.drawn`) at
+    random small poses and random shape and expression.
 
     Decoding is done beforehand and not timed. Returns one row; its 'images_per_s' is the figure.
     """
-    region_model = render_region_model(model)
+    region_model = model.drawn()
     decoder = Decoder(region_model, camera)
     layout = decoder.layout
     generator = torch.Generator().manual_seed(seed)
@@ -116,7 +109,7 @@ def bench_renderer(model, camera: PinholeCamera, n_images: int = 50, supersample
     seconds = time.perf_counter() - start
     return {
         "bench": "render",
-        "region": next((r for r in RENDER_REGIONS if r in model.regions), "all"),
+        "region": model.drawn_region() or "all",
         "vertices": region_model.n_vertices,
         "triangles": len(triangles),
         "image_size": camera.image_size,
@@ -161,10 +154,12 @@ def _median_seconds(fn, repeats: int, warmup: int, device: torch.device) -> floa
     return statistics.median(times)
 
 
-def _build(name: str, layout, seed: int, own: Mapping):
-    """The encoder as the config builds it, from its `encoders.<name>` section `own` (module, options)."""
+def _build(name: str, layout, seed: int, own: "EncoderSettings | None"):
+    """The encoder as the settings build it, from its `encoders.<name>` settings `own` (module, options;
+    None: a built-in encoder with its defaults)."""
     from mofa.encoders import build_encoder
-    return build_encoder(name, layout, seed=seed, module=own.get("module"), options=own.get("options"))
+    return build_encoder(name, layout, seed=seed, module=own.module if own else None,
+                         options=own.options if own else None)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -223,7 +218,9 @@ def encoder_step_flops(encoder: torch.nn.Module, images: torch.Tensor) -> int:
 def precision_agreement(encoder: torch.nn.Module, decoder, images: torch.Tensor, px: int, optimiser_name: str,
                         precisions=PRECISIONS) -> dict[str, dict[str, float]]:
     """{precision: {"loss", "grad_norm"}} of the second training step from the same weights and batch:
-    one optimiser step, then the loss and the encoder's gradient norm, each precision on its own copy."""
+    one optimiser step, then the loss and the encoder's gradient norm, each precision on its own copy
+    and with the same random numbers (dropout masks), so that the precisions differ in their arithmetic
+    alone."""
     import copy
 
     from mofa.losses import mofa_loss
@@ -234,12 +231,14 @@ def precision_agreement(encoder: torch.nn.Module, decoder, images: torch.Tensor,
     for precision in precisions:
         model = prepare_encoder(copy.deepcopy(encoder), precision).train()
         optimiser = make_optimiser(model, TrainSettings(iterations=1, optimiser=optimiser_name))
-        for step in range(2):
-            optimiser.zero_grad(set_to_none=True)
-            loss = mofa_loss(decoder, encode(model, encoder_input(images, px), precision), images).total
-            loss.backward()
-            if step == 0:
-                optimiser.step()
+        with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            for step in range(2):
+                optimiser.zero_grad(set_to_none=True)
+                loss = mofa_loss(decoder, encode(model, encoder_input(images, px), precision), images).total
+                loss.backward()
+                if step == 0:
+                    optimiser.step()
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
         out[precision] = {"loss": float(loss.detach()), "grad_norm": float(norm)}
     return out
@@ -247,7 +246,7 @@ def precision_agreement(encoder: torch.nn.Module, decoder, images: torch.Tensor,
 
 def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face", "dlib_resnet"), batch_sizes=(32,),
                 input_size: int = 240, device="cpu", repeats: int = 3, warmup: int = 1, seed: int = 0,
-                options: Mapping[str, Mapping] | None = None, precisions=("fp32",),
+                options: Mapping[str, "EncoderSettings"] | None = None, precisions=("fp32",),
                 peak: Mapping[str, float] | None = None) -> list[dict]:
     """Training throughput per encoder, precision and batch size: one optimiser step (encoder forward
     under `mofa.training.precision.encode`, decoder, photometric loss + regulariser, backward, update;
@@ -255,7 +254,7 @@ def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face", "
     backward on the code alone, always fp32), the encoder's achieved GFLOP/s (`encoder_step_flops` over
     the step) and its fraction of `peak` ({precision: GFLOP/s}, from `bench_peak`), and, on rows other
     than fp32, the relative difference to fp32 of the loss and gradient norm of the second step
-    (`precision_agreement`). options: the config's `encoders` section: `<name>.module` registers an
+    (`precision_agreement`). options: the settings' `encoders` (`mofa.settings.EncoderSettings`): `<name>.module` registers an
     encoder of your own, `<name>.options` its constructor's arguments, `<name>.input_size` and
     `<name>.optimiser` replace `input_size` and AdaDelta."""
     import copy
@@ -269,10 +268,10 @@ def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face", "
     size = camera.image_size
     rows = []
     for name in encoders:
-        own = (options or {}).get(name, {})
+        own = (options or {}).get(name)
         encoder = _build(name, decoder.layout, seed, own).to(device).train()
-        optimiser_name = own.get("optimiser") or "adadelta"
-        px = own.get("input_size") or input_size
+        optimiser_name = (own.optimiser if own else None) or "adadelta"
+        px = (own.input_size if own else None) or input_size
         for batch in batch_sizes:
             images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
             agreement = (precision_agreement(encoder, decoder, images, px, optimiser_name, precisions)
@@ -312,7 +311,7 @@ def bench_train(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face", "
 
 def bench_infer(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face", "dlib_resnet"), batch_sizes=(1, 32),
                 input_size: int = 240, device="cpu", repeats: int = 5, warmup: int = 1, seed: int = 0,
-                options: Mapping[str, Mapping] | None = None, precisions=("fp32",)) -> list[dict]:
+                options: Mapping[str, "EncoderSettings"] | None = None, precisions=("fp32",)) -> list[dict]:
     """Inference time per image: encoder forward (under each precision) and decoder, no gradients,
     eval mode (options: as `bench_train`)."""
     from mofa.training.precision import encode, prepare_encoder
@@ -322,8 +321,8 @@ def bench_infer(model, camera: PinholeCamera, encoders=("alexnet", "vgg_face", "
     decoder = Decoder(model.submesh(model.face_region), camera).to(device)
     rows = []
     for name in encoders:
-        own = (options or {}).get(name, {})
-        px = own.get("input_size") or input_size
+        own = (options or {}).get(name)
+        px = (own.input_size if own else None) or input_size
         for precision in precisions:
             encoder = prepare_encoder(_build(name, decoder.layout, seed, own).to(device), precision).eval()
             for batch in batch_sizes:

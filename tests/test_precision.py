@@ -88,14 +88,15 @@ def test_fp32_training_is_bit_identical_to_before_the_precision_code(ict_model, 
     torch.set_num_threads(1)
     try:
         with_precision_code = _weights_digest(_run(ict_model, tmp_path / "now", precision="fp32"))
+        # the same thread count and the real hooks: a check that the comparison can tell precisions apart
+        bf16 = _weights_digest(_run(ict_model, tmp_path / "bf16", precision="bf16"))
         monkeypatch.setattr(trainer, "encode", lambda encoder, images, _precision: encoder(images))
         monkeypatch.setattr(trainer, "prepare_encoder", lambda encoder, _precision: encoder)
         before = _weights_digest(_run(ict_model, tmp_path / "before", precision="fp32"))
     finally:
         torch.set_num_threads(threads)
     assert with_precision_code == before
-    bf16 = _weights_digest(_run(ict_model, tmp_path / "bf16", iterations=8, precision="bf16"))
-    assert bf16 != before  # the comparison can tell precisions apart
+    assert bf16 != before
 
 
 def test_a_bf16_run_trains_and_records_its_precision(ict_model, tmp_path):
@@ -128,3 +129,18 @@ def test_a_busy_machine_is_flagged():
     summary = load.summary()
     assert summary["machine_idle"] is False and summary["other_cpu_before"] >= 0.3  # one core of two, at least
     assert "MEASURED UNDER LOAD" in load.note()
+
+
+def test_the_bf16_agreement_compares_arithmetic_alone(small_face_model):
+    """`mofa bench`'s bf16-vs-fp32 figures: with dropout in training mode, both precisions see the same
+    masks, so the same call gives the same figures, and fp32 against itself differs by nothing."""
+    from mofa.bench import precision_agreement
+    camera = PinholeCamera(image_size=64, focal_length_px=320.0)
+    decoder = Decoder(small_face_model, camera)
+    encoder = build_encoder("alexnet", decoder.layout, seed=0, dropout=0.5).train()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    first = precision_agreement(encoder, decoder, images, 64, "adadelta", ("fp32", "bf16"))
+    assert precision_agreement(encoder, decoder, images, 64, "adadelta", ("fp32", "bf16")) == first
+    twice = precision_agreement(encoder, decoder, images, 64, "adadelta", ("fp32",))["fp32"]
+    assert twice == first["fp32"]
+    assert first["bf16"] != first["fp32"]  # bf16 arithmetic does round differently
