@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mofa import io
+from mofa.config import schema_default
+from mofa.errors import MofaError
 from mofa.training.trainer import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -173,7 +175,8 @@ def draw(source, indices: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def train_adam(model: torch.nn.Module, source, batch_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
                iterations: int, batch_size: int, lr: float, seed: int, device: torch.device,
-               checkpoint: Path | None = None, checkpoint_every: int = 100) -> list[float]:
+               checkpoint: Path | None = None,
+               checkpoint_every: int = schema_default("training", "checkpoint_every")) -> list[float]:
     """Adam on batches of `batch_size` samples drawn at random (seeded) from `source` (see `draw`);
     batch_loss(batch) -> scalar loss of the model on one batch. Leaves the model in eval mode; returns
     the loss of every iteration.
@@ -181,7 +184,8 @@ def train_adam(model: torch.nn.Module, source, batch_loss: Callable[[dict[str, t
     With `checkpoint`, the model, optimiser, sampler state and losses are written there (atomically)
     every `checkpoint_every` iterations and at the end, and a run that finds a checkpoint of the same
     settings continues from it to the same weights and losses as an uninterrupted run; one of other
-    settings is replaced."""
+    settings is refused with a MofaError, as the encoders' trainer does (a stage empties its run folder
+    first when its config, data or code changed: `mofa.training.runs.prepare_run_dir`)."""
     model.to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
@@ -198,8 +202,8 @@ def train_adam(model: torch.nn.Module, source, batch_loss: Callable[[dict[str, t
             losses = list(state["losses"])
             log.info("%s: resuming from iteration %d of %d", checkpoint, len(losses), iterations)
         else:
-            log.info("%s: written with other settings (%s, now %s); starting over", checkpoint,
-                     state.get("settings"), settings)
+            raise MofaError(f"{checkpoint}: was written with other training settings ({state.get('settings')}, "
+                            f"now {settings}); delete it to start over")
 
     def save() -> None:
         io.torch_save({"settings": settings, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
@@ -220,7 +224,7 @@ def train_adam(model: torch.nn.Module, source, batch_loss: Callable[[dict[str, t
 def train_conv_autoencoder(model: ConvAutoencoder, images_source, iterations: int, batch_size: int = 32,
                            lr: float = 1e-3, seed: int = 0, loss: ReconstructionLoss = "l2",
                            device: str | torch.device = "cpu", checkpoint: Path | None = None,
-                           checkpoint_every: int = 100) -> list[float]:
+                           checkpoint_every: int = schema_default("training", "checkpoint_every")) -> list[float]:
     """Train the autoencoder on images drawn at random (seeded) from `images_source` (see `draw`;
     images are resized to the model's size) with Adam; returns the loss of every iteration. With
     `checkpoint`, resumable (`train_adam`)."""

@@ -20,6 +20,7 @@ from baselines.conv_autoencoder import (
     seeded,
     train_adam,
 )
+from mofa.config import schema_default
 
 # SSIM constants of Wang et al. 2004 (and skimage's `gaussian_weights=True` mode).
 SSIM_WINDOW = 11
@@ -39,7 +40,7 @@ class LearnedDecoder(ConvImageDecoder):
 def train_learned_decoder(model: LearnedDecoder, source, iterations: int, batch_size: int = 32,
                           lr: float = 1e-3, seed: int = 0, loss: ReconstructionLoss = "l1",
                           device: str | torch.device = "cpu", checkpoint: Path | None = None,
-                          checkpoint_every: int = 100) -> list[float]:
+                          checkpoint_every: int = schema_default("training", "checkpoint_every")) -> list[float]:
     """Fit code -> image on pairs drawn at random (seeded) from `source`: a SyntheticSet (its codes and
     images, drawn from the synthetic code distribution), or a tuple (codes, images[, masks]) with
     masks (N, H, W) bool restricting the loss (e.g. to the face). Images are resized to the model's

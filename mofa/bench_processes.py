@@ -39,25 +39,25 @@ def _worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from mofa.bench import _build
-    from mofa.config import camera_from_config, load_config, select_device
+    from mofa.config import select_device
     from mofa.decoder import Decoder
     from mofa.facemodel import build_face_model
     from mofa.losses import mofa_loss
     from mofa.training.distributed import World, init
-    from mofa.training.runs import encoder_config
+    from mofa.settings import load_settings
     from mofa.training.trainer import TrainSettings, encoder_input, make_optimiser
 
-    cfg = load_config(args.config, {"device": args.device} if args.device else {})
-    cfg = encoder_config(cfg, args.encoder)
-    device = init(select_device(cfg))
+    settings = load_settings(args.config, overrides={"device": args.device} if args.device else None)
+    settings = settings.for_encoder(args.encoder)
+    device = init(select_device(settings.device))
     world = World.current(device)
-    tr = cfg["training"]
-    batch, px = tr["batch_size"], args.input_size or tr["input_size"]
-    model, camera = build_face_model(cfg), camera_from_config(cfg)
+    tr = settings.training
+    batch, px = tr.batch_size, args.input_size or tr.input_size
+    model, camera = build_face_model(settings.face_model), settings.camera
     decoder = Decoder(model.submesh(model.face_region), camera).to(device)
-    encoder = _build(args.encoder, decoder.layout, cfg["seed"], cfg["encoders"].get(args.encoder, {})).to(device).train()
-    optimiser = make_optimiser(encoder, TrainSettings(iterations=1, optimiser=tr["optimiser"], lr=tr["lr"], lr_z=tr["lr_z"],
-                                                      backbone_lr_scale=tr["backbone_lr_scale"]))
+    encoder = _build(args.encoder, decoder.layout, settings.seed, settings.encoders.get(args.encoder)).to(device).train()
+    optimiser = make_optimiser(encoder, TrainSettings(iterations=1, optimiser=tr.optimiser, lr=tr.lr, lr_z=tr.lr_z,
+                                                      backbone_lr_scale=tr.backbone_lr_scale))
     net = world.wrap(encoder, batch, device)
     size = camera.image_size
     images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))[world.share(batch)].to(device)

@@ -17,21 +17,24 @@ def _config(args: argparse.Namespace) -> dict:
 
 def cmd_model_info(args: argparse.Namespace) -> None:
     from mofa.facemodel import build_face_model
+    from mofa.settings import Settings
     cfg = _config(args)
     cfg["face_model"]["name"] = args.model
-    model = build_face_model(cfg, rebuild=args.rebuild)
+    model = build_face_model(Settings.from_config(cfg).face_model, rebuild=args.rebuild)
     print(model.card())
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from mofa import bench
-    from mofa.config import camera_from_config, select_device
+    from mofa.config import select_device
     from mofa.facemodel import build_face_model
+    from mofa.settings import Settings
     cfg = _config(args)
     if args.device:
         cfg["device"] = args.device
+    settings = Settings.from_config(cfg)
     if args.what == "decoder":
-        model, camera, device = build_face_model(cfg), camera_from_config(cfg), select_device(cfg)
+        model, camera, device = build_face_model(settings.face_model), settings.camera, select_device(settings.device)
         print(f"decoder forward+backward (training region '{model.face_region}', incl. bilinear sampling "
               f"and the photometric l2,1 term) on {device}:")
         print(bench.format_rows(bench.bench_decoder(model, camera, device)))
@@ -45,13 +48,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
                                  for name in args.encoders for p in (1, args.processes)]))
     elif args.what in ("train", "infer"):
         from mofa.machine_load import LoadMonitor
-        model, camera, device = build_face_model(cfg), camera_from_config(cfg), select_device(cfg)
-        input_size = args.input_size or cfg["training"]["input_size"]
+        model, camera, device = build_face_model(settings.face_model), settings.camera, select_device(settings.device)
+        input_size = args.input_size or settings.training.input_size
         precisions = bench.timed_precisions(args.precisions, device)
         if "bf16" not in precisions:
             print("bf16: not native on this device (no avx512_bf16 or amx_bf16 CPU flag), so not timed per encoder; "
                   "pass --precisions fp32 bf16 to time its emulation")
-        common = dict(encoders=args.encoders, input_size=input_size, device=device, options=cfg["encoders"],
+        common = dict(encoders=args.encoders, input_size=input_size, device=device, options=settings.encoders,
                       precisions=precisions)
         with LoadMonitor() as load:
             if args.what == "train":
@@ -83,6 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mofa.facemodel import build_face_model
     from mofa.encoders.card import card_path, read_card
     from mofa.realdata.crop_policy import CropPolicy
+    from mofa.settings import Settings
     from mofa.training.runs import load_encoder, training_decoder
 
     for out in (args.out, args.landmarks_out):  # before the evaluation, not after it
@@ -100,11 +104,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.device:
         cfg["device"] = args.device
     encoder_name = args.encoder or card.get("encoder") or "alexnet"
-    device = select_device(cfg)
-    decoder = training_decoder(cfg, build_face_model(cfg)).to(device)
-    encoder, trained_size = load_encoder(cfg, encoder_name, decoder, args.checkpoint)
-    input_size = args.input_size or trained_size or cfg["training"]["input_size"]
-    result = benchmark_folder(args.root, encoder.to(device), decoder, input_size, CropPolicy.from_config(cfg),
+    settings = Settings.from_config(cfg)
+    device = select_device(settings.device)
+    decoder = training_decoder(settings, build_face_model(settings.face_model)).to(device)
+    encoder, trained_size = load_encoder(settings, encoder_name, decoder, args.checkpoint)
+    input_size = args.input_size or trained_size or settings.training.input_size
+    result = benchmark_folder(args.root, encoder.to(device), decoder, input_size, CropPolicy.from_settings(settings),
                               max_images=args.limit, progress=args.verbose)
     print(f"{encoder_name} encoder from {args.checkpoint} (input {input_size} px) on {args.root}:")
     print(result.report())

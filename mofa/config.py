@@ -22,8 +22,6 @@ from mofa.errors import MofaError
 if TYPE_CHECKING:
     import torch
 
-    from mofa.decoder import PinholeCamera
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The presets and the schema ship inside the package (a plain `pip install .` has them); the
 # repository's `config/` is a link to this folder, for the workflow commands.
@@ -82,6 +80,15 @@ def schema_default(*keys: str) -> Any:
     if "default" not in node:
         raise KeyError(f"config/schema.yaml: {'.'.join(keys)} has no default")
     return node["default"]
+
+
+def schema_section_defaults(*keys: str) -> dict:
+    """The schema's defaults of every key of a section, e.g. schema_section_defaults("synthetic",
+    "background_mix") -> {"procedural": 0.4, ...} (a section's own default is {}, filled key by key)."""
+    node = load_schema()
+    for key in keys:
+        node = node["properties"][key]
+    return {key: copy.deepcopy(sub["default"]) for key, sub in node["properties"].items()}
 
 
 def presets() -> list[str]:
@@ -266,11 +273,10 @@ def config_hash(cfg: Mapping) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def select_device(cfg: Mapping) -> "torch.device":
-    """The torch device the config asks for; 'auto' is cuda when torch sees a GPU, else cpu."""
+def select_device(wanted: str) -> "torch.device":
+    """The torch device of a `device` setting: 'auto' is cuda when torch sees a GPU, else cpu."""
     import torch
 
-    wanted = cfg.get("device", "auto")
     if wanted == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if wanted == "cuda" and not torch.cuda.is_available():
@@ -279,16 +285,6 @@ def select_device(cfg: Mapping) -> "torch.device":
     return torch.device(wanted)
 
 
-def camera_from_config(cfg: Mapping) -> "PinholeCamera":
-    """The decoder's pinhole camera from cfg['camera']."""
-    from mofa.decoder import PinholeCamera
-
-    cam = cfg["camera"]
-    return PinholeCamera(image_size=int(cam["image_size"]), focal_length_px=float(cam["focal_length_px"]),
-                         distance_mm=float(cam["distance_mm"]),
-                         translation_scale_mm=float(cam["translation_scale_mm"]))
-
-
-__all__ = ["CONFIG_DIR", "REPO_ROOT", "SCHEMA_PATH", "camera_from_config", "config_hash", "load_config", "schema_default",
+__all__ = ["CONFIG_DIR", "REPO_ROOT", "SCHEMA_PATH", "config_hash", "load_config", "schema_default", "schema_section_defaults",
            "load_schema", "merge", "nest", "preset_path", "presets", "read_yaml", "results_dir", "select_device",
            "validate_config"]

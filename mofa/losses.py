@@ -12,17 +12,18 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from mofa.config import schema_default
 from mofa.decoder.lighting import robust_light
 from mofa.errors import MofaError
 from mofa.landmarks import LANDMARKS_46, N_LANDMARKS
 
 Normalise = Literal["fixed", "visible"]
 
-# Paper Sec. 6 weights.
-W_PHOTO = 1.92
-W_REG = 2.9e-5
-W_REFLECTANCE = 1.7e-3  # w_beta
-W_EXPRESSION = 0.8  # w_delta
+# Paper Sec. 6 weights, defined once, as the loss section's defaults in presets/schema.yaml.
+W_PHOTO = schema_default("loss", "photo")
+W_REG = schema_default("loss", "reg")
+W_REFLECTANCE = schema_default("loss", "reflectance")  # w_beta
+W_EXPRESSION = schema_default("loss", "expression")  # w_delta
 
 
 # -- image sampling ---------------------------------------------------------------------------------
@@ -195,8 +196,8 @@ class LossWeights:
     reg: float = W_REG
     reflectance: float = W_REFLECTANCE  # w_beta
     expression: float = W_EXPRESSION  # w_delta
-    photo_normalise: Normalise = "fixed"
-    invisible_cost: float = 0.0
+    photo_normalise: Normalise = schema_default("loss", "photo_normalise")
+    invisible_cost: float = schema_default("loss", "invisible_cost")
 
     def __post_init__(self) -> None:
         for field in ("photo", "land", "reg", "reflectance", "expression", "invisible_cost"):

@@ -44,31 +44,30 @@ class Reconstructor:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path) -> "Reconstructor":
         """Load encoder weights and the encoder.json card written beside them by the trainer."""
-        from mofa.config import camera_from_config, load_config
         from mofa.decoder import Decoder
         from mofa.encoders import build_encoder
         from mofa.encoders import card as card_module
         from mofa.facemodel import build_face_model
+        from mofa.settings import load_settings
         checkpoint = Path(checkpoint)
         state, _ = card_module.read_weights(checkpoint)
         card_path = card_module.card_path(checkpoint)
         card = card_module.read_card(card_path, required=True)
-        cfg = load_config(card["preset"], {"face_model": card["face_model"], "camera": card["camera"],
-                                           "light": card["light"]})
-        model = build_face_model(cfg)
-        camera = camera_from_config(cfg)
-        decoder = Decoder(model.submesh(model.face_region), camera, cfg["light"]["ambient_offset"])
+        settings = load_settings(card["preset"], overrides={"face_model": card["face_model"], "camera": card["camera"],
+                                                            "light": card["light"]})
+        model = build_face_model(settings.face_model)
+        camera, ambient = settings.camera, settings.light.ambient_offset
+        decoder = Decoder(model.submesh(model.face_region), camera, ambient)
         if decoder.layout.sizes != card["code_layout"]:
             raise MofaError(f"{card_path}: code layout {card['code_layout']} does not match the face model's "
                             f"{decoder.layout.sizes}")
-        from mofa.bench import render_region_model
-        mesh_decoder = Decoder(render_region_model(model), camera, cfg["light"]["ambient_offset"])
+        mesh_decoder = Decoder(model.drawn(), camera, ambient)
         encoder = build_encoder(card["encoder"], decoder.layout,
                                 rotation_bound_rad=card_module.rotation_bound_rad(card["rotation_bound_deg"]),
                                 module=card.get("module"), options=card.get("options"))
         card_module.load_weights(encoder, state, checkpoint, card["encoder"])
         return cls(encoder.eval(), decoder, mesh_decoder, int(card["input_size"]), checkpoint,
-                   CropPolicy.from_config(cfg))
+                   CropPolicy.from_settings(settings))
 
 
 def project_results() -> Path:

@@ -142,7 +142,7 @@ def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: lis
                  config_hash(cfg))
         writable_folder(results_dir(cfg))
         if distributed:
-            ddp.init(select_device(cfg))
+            ddp.init(select_device(cfg["device"]))
         with timed(f"stage {stage}"):
             run(cfg)
     except MofaError as exc:

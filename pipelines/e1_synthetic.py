@@ -23,9 +23,10 @@ from mofa.facemodel import build_face_model
 from mofa.figures.curves import plot_curves
 from mofa.figures.spread import plot_spread
 from mofa.paper import display_name, paper_value
+from mofa.settings import Settings
 from mofa.training.distributed import is_main
 from mofa.training.evaluate import synthetic_evaluator, synthetic_per_image
-from mofa.training.runs import encoder_config, prepare_run_dir, run_training, training_decoder
+from mofa.training.runs import prepare_run_dir, run_training, training_decoder
 from mofa.training.trainer import Schedule
 from pipelines import _stage, paths
 from pipelines.stages import STAGES
@@ -78,30 +79,30 @@ def schedule_note(cfg: Mapping, encoder: str, short: bool = False) -> str:
 
 
 def run(cfg: dict) -> dict:
-    out = outputs(cfg)
-    model = build_face_model(cfg)
+    out, settings = outputs(cfg), Settings.from_config(cfg)
+    model = build_face_model(settings.face_model)
     train_set = SyntheticSet(paths.synthetic_dir(cfg) / "train")
     test_set = SyntheticSet(paths.synthetic_dir(cfg) / "test")
-    n_test = min(cfg["training"]["eval_images"], len(test_set))
+    n_test = min(settings.training.eval_images, len(test_set))
     tables, curves, notes, metrics, spread = [], {}, [], {}, []
     for name in cfg["e1"]["encoders"]:
-        e1, ecfg = section(cfg, name), encoder_config(cfg, name)
-        evaluate = lambda decoder, device, size=ecfg["training"]["input_size"]: synthetic_evaluator(  # noqa: E731
-            decoder, test_set, cfg["training"]["eval_images"], size, device)
-        prepare_run_dir(run_dir(cfg, name), {"config": config_hash({s: ecfg[s] for s in STAGE.params if s != "e1"} | {"e1": e1}),
+        e1, own = section(cfg, name), settings.for_encoder(name)
+        evaluate = lambda decoder, device, size=own.training.input_size: synthetic_evaluator(  # noqa: E731
+            decoder, test_set, settings.training.eval_images, size, device)
+        prepare_run_dir(run_dir(cfg, name), {"config": config_hash({s: own.raw[s] for s in STAGE.params if s != "e1"} | {"e1": e1}),
                                              "data": [train_set.manifest, test_set.manifest],
                                              "code": _stage.code_hash(STAGE.sources)})
         with _stage.timed(f"{name}: {e1['iterations']} iterations"):
-            frame, encoder = run_training(ecfg, run_dir(cfg, name), model, name, train_set, evaluate,
+            frame, encoder = run_training(own, run_dir(cfg, name), model, name, train_set, evaluate,
                                           e1["iterations"], e1["evaluations"], landmarks=False,
                                           schedule=Schedule.from_config(e1))
         if not is_main():  # under torchrun rank 0 alone writes the results
             continue
         tables.append(summary_table(frame, name).assign(init=encoder.init_description))
         label = display_name(name)
-        decoder = training_decoder(ecfg, model).to(select_device(ecfg))
+        decoder = training_decoder(own, model).to(select_device(own.device))
         with _stage.timed(f"{name}: per-image errors on {n_test} test images"):
-            errors = synthetic_per_image(decoder, encoder, test_set, ecfg["training"]["input_size"], n_test)
+            errors = synthetic_per_image(decoder, encoder, test_set, own.training.input_size, n_test)
         spread.append(pd.DataFrame({"encoder": label, "image": range(n_test),
                                     **{m: errors[m] for m, _ in METRICS}}))
         curves[label + schedule_note(cfg, name, short=True)] = frame

@@ -35,10 +35,11 @@ from mofa.paper import display_name, paper_counterpart, paper_value
 from mofa.realdata.benchmark_crops import BenchmarkCrops
 from mofa.realdata.crop_policy import CropPolicy
 from mofa.realdata.prepare import RealFaceSet
+from mofa.settings import Settings, encoder_config
 from mofa.training.distributed import is_main
 from mofa.training.evaluate import real_evaluator, real_per_image
 from mofa.training.mixed import MixedSource
-from mofa.training.runs import encoder_config, prepare_run_dir, run_training, training_decoder
+from mofa.training.runs import prepare_run_dir, run_training, training_decoder
 from pipelines import _stage, paths, real_data
 from pipelines.stages import STAGES
 from pipelines.tables import data_hashes, figure_metadata, write_csv, write_table
@@ -113,14 +114,14 @@ def variant_row(encoder: str, landmarks: bool, curves: pd.DataFrame, benchmark, 
 
 
 def run(cfg: dict) -> dict:
-    e3, out = cfg["e3"], outputs(cfg)
-    model = build_face_model(cfg)
+    e3, out, settings = cfg["e3"], outputs(cfg), Settings.from_config(cfg)
+    model = build_face_model(settings.face_model)
     aflw = paths.real_folder(cfg, "aflw2000")
     train_real = RealFaceSet(aflw, "train")
     with _stage.timed("cropping every AFLW2000 eval-split image"):
-        eval_real = BenchmarkCrops(real_data.split_samples(cfg, "aflw2000", "eval"), CropPolicy.from_config(cfg))
+        eval_real = BenchmarkCrops(real_data.split_samples(cfg, "aflw2000", "eval"), CropPolicy.from_settings(settings))
     mix = MixedSource(SyntheticSet(paths.synthetic_dir(cfg) / "train"), train_real, e3["synthetic_fraction"])
-    n_eval = min(cfg["training"]["eval_images"], len(eval_real))
+    n_eval = min(settings.training.eval_images, len(eval_real))
     log.info("training on %d synthetic + %d real images (synthetic share of a batch %.2f); evaluating on %d of %d "
              "AFLW2000 eval images (crop boxes %s)", len(mix.synthetic), len(train_real), mix.fraction, n_eval,
              len(eval_real), eval_real.summary["box_source"])
@@ -128,20 +129,21 @@ def run(cfg: dict) -> dict:
     rows, curves, spread = [], {}, []
     for encoder_name, landmarks in variants(cfg):
         name, vcfg = variant_name(encoder_name, landmarks), variant_config(cfg, encoder_name)
+        own = Settings.from_config(vcfg)
         folder, init = run_dir(cfg, encoder_name, landmarks), init_weights(cfg, encoder_name)
         prepare_run_dir(folder, run_key(vcfg, encoder_name, landmarks, init) | {"data": data_hashes(cfg, NAME),
                                                                               "code": _stage.code_hash(STAGE.sources)})
-        input_size = vcfg["training"]["input_size"]
+        input_size = own.training.input_size
         evaluate = lambda decoder, device, size=input_size: real_evaluator(  # noqa: E731
             decoder, eval_real, n_eval, size, device)
         with _stage.timed(f"{name}: {e3[encoder_name]['iterations']} iterations"):
-            table, encoder = run_training(vcfg, folder, model, encoder_name, mix, evaluate,
+            table, encoder = run_training(own, folder, model, encoder_name, mix, evaluate,
                                           e3[encoder_name]["iterations"], e3["evaluations"], landmarks=landmarks,
                                           init_from=init)
         if not is_main():  # under torchrun rank 0 alone scores the encoder and writes the results
             continue
         init_description = f"from E1's weights ({init})" if init is not None else encoder.init_description
-        decoder = training_decoder(vcfg, model).to(select_device(vcfg))
+        decoder = training_decoder(own, model).to(select_device(own.device))
         with torch.no_grad(), _stage.timed(f"{name}: AFLW2000-3D benchmark on {len(eval_real)} images"):
             benchmark = aflw2000.score(eval_real, encoder, decoder, input_size)
         io.write_text(folder / "aflw2000_nme.csv", benchmark.per_image.to_csv(index=False, float_format="%.6g"))

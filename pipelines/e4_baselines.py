@@ -42,6 +42,7 @@ from mofa.figures.variants import plot_variant_bars
 from mofa.machine_load import LoadMonitor
 from mofa.paper import display_name, paper_value
 from mofa.realdata.prepare import RealFaceSet
+from mofa.settings import Settings
 from mofa.training.evaluate import real_metrics, synthetic_metrics
 from mofa.training.runs import load_encoder, loss_weights, training_decoder
 from mofa.training.trainer import predict_codes
@@ -107,21 +108,22 @@ def time_encoder(encoder: torch.nn.Module, images: torch.Tensor, input_size: int
 
 
 def run(cfg: dict) -> dict:
-    e4, out, device = cfg["e4"], outputs(cfg), select_device(cfg)
-    torch.manual_seed(cfg["seed"])
-    model = build_face_model(cfg)
-    decoder = training_decoder(cfg, model).to(device)
+    settings = Settings.from_config(cfg)
+    e4, out, device = cfg["e4"], outputs(cfg), select_device(settings.device)
+    torch.manual_seed(settings.seed)
+    model = build_face_model(settings.face_model)
+    decoder = training_decoder(settings, model).to(device)
     test_set = SyntheticSet(paths.synthetic_dir(cfg) / "test")
     eval_set = RealFaceSet(paths.real_folder(cfg, "aflw2000"), "eval")
     datasets = {
         "synthetic": (test_set.batch(np.arange(min(e4["synthetic_images"], len(test_set))), "cpu"), synthetic_metrics),
         "real": (eval_set.batch(np.arange(min(e4["real_images"], len(eval_set))), "cpu"), real_metrics)}
-    encoders = [(label, name, *load_encoder(cfg, name, decoder, path)) for label, name, path in trained_encoders(cfg)]
+    encoders = [(label, name, *load_encoder(settings, name, decoder, path)) for label, name, path in trained_encoders(cfg)]
 
     per_image, seconds = [], {}
     with LoadMonitor() as load:  # the fits and the encoders claim every core, as E7 does
         for dataset, (batch, score) in datasets.items():
-            _fit_and_time(cfg, decoder, encoders, dataset, batch, score, per_image, seconds)
+            _fit_and_time(cfg, settings, decoder, encoders, dataset, batch, score, per_image, seconds)
     load_columns = load.summary()
     log.info("machine load around the timings: %s", load_columns)
 
@@ -167,7 +169,7 @@ def run(cfg: dict) -> dict:
     return metrics
 
 
-def _fit_and_time(cfg: Mapping, decoder, encoders: list, dataset: str, batch: dict, score, per_image: list,
+def _fit_and_time(cfg: Mapping, settings: Settings, decoder, encoders: list, dataset: str, batch: dict, score, per_image: list,
                   seconds: dict) -> None:
     """One dataset's Gauss-Newton fits (batched, and the first SINGLE_FIT_IMAGES images one at a time with
     landmarks, for the time per image unbatched) and trained encoders (timed at batch 1): appends the
@@ -188,7 +190,7 @@ def _fit_and_time(cfg: Mapping, decoder, encoders: list, dataset: str, batch: di
     fits = {}
     # The baseline minimises the paper's energy: a vertex that turns away costs nothing there (its
     # least-squares form has no term for loss.invisible_cost, an encoder-training remedy).
-    with_landmarks = dataclasses.replace(loss_weights(cfg, True), invisible_cost=0.0)
+    with_landmarks = dataclasses.replace(loss_weights(settings, True), invisible_cost=0.0)
     inputs = {GN_LAND: (batch["landmarks"], batch.get("landmark_confidence"), with_landmarks),
               GN_NOLAND: (None, None, dataclasses.replace(with_landmarks, land=0.0)),
               ORACLE: (batch[GROUND_TRUTH[dataset]], None, dataclasses.replace(with_landmarks, photo=0.0))}
@@ -210,7 +212,7 @@ def _fit_and_time(cfg: Mapping, decoder, encoders: list, dataset: str, batch: di
                    steps=e4["steps"]).seconds_per_image for i in range(min(SINGLE_FIT_IMAGES, n))]
     seconds[(dataset, "single_fit")] = sum(singles) / len(singles)
     for label, name, encoder, input_size in encoders:
-        size = input_size or cfg["training"]["input_size"]
+        size = input_size or settings.training.input_size
         with torch.no_grad():
             codes = predict_codes(encoder, images, size)
             secs = time_encoder(encoder, images, size, e4["timing_repeats"])

@@ -34,6 +34,7 @@ from mofa.facemodel import build_face_model
 from mofa.figures.qualitative import plot_grid, reconstruction_panels
 from mofa.metrics import photometric_error, summarise
 from mofa.paper import display_name
+from mofa.settings import Settings
 from mofa.training.evaluate import render_estimates
 from mofa.training.runs import load_encoder, prepare_run_dir, training_decoder
 from mofa.training.trainer import CHECKPOINT, predict_codes
@@ -78,12 +79,13 @@ def summary_rows(per_image: Mapping[str, dict], facts: Mapping[str, dict]) -> pd
 
 
 def run(cfg: dict) -> dict:
-    e5, out, device = cfg["e5"], outputs(cfg), select_device(cfg)
+    settings = Settings.from_config(cfg)
+    e5, out, device = cfg["e5"], outputs(cfg), select_device(settings.device)
     size = e5["image_size"]
     train_set = SyntheticSet(paths.synthetic_dir(cfg) / "train")
     test_set = SyntheticSet(paths.synthetic_dir(cfg) / "test")
-    model = build_face_model(cfg)
-    decoder = training_decoder(cfg, model)
+    model = build_face_model(settings.face_model)
+    decoder = training_decoder(settings, model)
 
     # The conv autoencoder, on the synthetic training images E1 trained on.
     try:
@@ -97,7 +99,7 @@ def run(cfg: dict) -> dict:
         losses = train_conv_autoencoder(autoencoder, train_set, e5["iterations"], e5["batch_size"], e5["lr"],
                                         seed=cfg["seed"], loss=e5["loss"], device=device,
                                         checkpoint=out["weights"].parent / CHECKPOINT,
-                                        checkpoint_every=cfg["training"]["checkpoint_every"])
+                                        checkpoint_every=settings.training.checkpoint_every)
     _stage.save_trained_network(autoencoder, losses, out["weights"], out["losses"], "conv autoencoder", e5["loss"])
 
     # The conv autoencoder and each E1 encoder + the analytic decoder on the synthetic test images.
@@ -110,9 +112,9 @@ def run(cfg: dict) -> dict:
                               for i in range(0, n, 32)])
         for name in cfg["e1"]["encoders"]:
             method = model_based_name(name)
-            encoder, trained_size = load_encoder(cfg, name, decoder, e1[f"encoder_{name}"])
+            encoder, trained_size = load_encoder(settings, name, decoder, e1[f"encoder_{name}"])
             codes[method] = predict_codes(encoder.to(device), batch["images"].to(device),
-                                          trained_size or cfg["training"]["input_size"]).cpu()
+                                          trained_size or settings.training.input_size).cpu()
             image, mask = render_estimates(decoder, codes[method], batch["images"])
             rendered[method] = images_at(torch.from_numpy(image).permute(0, 3, 1, 2), size)
             masks.append(torch.from_numpy(mask))

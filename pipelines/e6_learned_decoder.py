@@ -32,6 +32,7 @@ from mofa.errors import MofaError
 from mofa.facemodel import build_face_model
 from mofa.figures.qualitative import BACKGROUND, plot_grid
 from mofa.metrics import summarise
+from mofa.settings import Settings
 from mofa.training.evaluate import render_estimates
 from mofa.training.runs import prepare_run_dir, training_decoder
 from mofa.training.trainer import CHECKPOINT
@@ -63,11 +64,12 @@ def fidelity_rows(per_image: Mapping[str, Mapping[str, np.ndarray]], facts: Mapp
 
 
 def run(cfg: dict) -> dict:
-    e6, out, device = cfg["e6"], outputs(cfg), select_device(cfg)
+    settings = Settings.from_config(cfg)
+    e6, out, device = cfg["e6"], outputs(cfg), select_device(settings.device)
     size = e6["image_size"]
     train_set = SyntheticSet(paths.synthetic_dir(cfg) / "train")
     test_set = SyntheticSet(paths.synthetic_dir(cfg) / "test")
-    decoder = training_decoder(cfg, build_face_model(cfg))
+    decoder = training_decoder(settings, build_face_model(settings.face_model))
     if train_set.manifest["code_layout"] != decoder.layout.sizes:
         raise MofaError(f"{train_set.folder}: codes of layout {train_set.manifest['code_layout']}, the face model's "
                         f"is {decoder.layout.sizes}; run the synthetic stage again")
@@ -88,7 +90,7 @@ def run(cfg: dict) -> dict:
         losses = train_learned_decoder(learned, source, e6["iterations"], e6["batch_size"], e6["lr"],
                                        seed=cfg["seed"], loss=e6["loss"], device=device,
                                        checkpoint=out["weights"].parent / CHECKPOINT,
-                                       checkpoint_every=cfg["training"]["checkpoint_every"])
+                                       checkpoint_every=settings.training.checkpoint_every)
     _stage.save_trained_network(learned, losses, out["weights"], out["losses"], "learned decoder",
                                 f"{e6['loss']} over the face")
 

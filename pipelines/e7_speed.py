@@ -13,10 +13,11 @@ import logging
 import pandas as pd
 
 from mofa import bench
-from mofa.config import camera_from_config, select_device
+from mofa.config import select_device
 from mofa.facemodel import build_face_model
 from mofa.machine_load import LoadMonitor
 from mofa.paper import ENCODER_NAMES, paper_value
+from mofa.settings import Settings
 from pipelines import _stage
 from pipelines.stages import STAGES
 from pipelines.tables import write_table
@@ -29,10 +30,11 @@ log = logging.getLogger(f"mofa.stage.{NAME}")
 
 def run(cfg: dict) -> dict:
     e7, out = cfg["e7"], outputs(cfg)
-    model, camera, device = build_face_model(cfg), camera_from_config(cfg), select_device(cfg)
-    input_size = cfg["training"]["input_size"]
+    settings = Settings.from_config(cfg)
+    model, camera, device = build_face_model(settings.face_model), settings.camera, select_device(settings.device)
+    input_size = settings.training.input_size
     common = dict(encoders=e7["encoders"], batch_sizes=e7["batch_sizes"], input_size=input_size, device=device,
-                  repeats=e7["repeats"], options=cfg["encoders"],
+                  repeats=e7["repeats"], options=settings.encoders,
                   precisions=bench.timed_precisions(e7["precisions"], device))
     with LoadMonitor() as load:
         peak = bench.bench_peak(device, repeats=e7["repeats"])

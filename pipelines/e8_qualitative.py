@@ -16,6 +16,7 @@ from mofa.config import select_device
 from mofa.facemodel import build_face_model
 from mofa.figures.qualitative import plot_grid, reconstruction_panels
 from mofa.realdata.prepare import RealFaceSet
+from mofa.settings import Settings
 from mofa.training.runs import load_encoder, training_decoder
 from mofa.training.trainer import predict_codes
 from pipelines import _stage, paths
@@ -35,16 +36,17 @@ def run(cfg: dict) -> dict:
     n = len(photos) if cfg["e8"]["max_photos"] is None else min(len(photos), cfg["e8"]["max_photos"])
     batch = photos.batch(np.arange(n), "cpu")
     labels = [i.split("/", 1)[-1] for i in photos.ids[:n]]
-    model, device = build_face_model(cfg), select_device(cfg)
+    settings = Settings.from_config(cfg)
+    model, device = build_face_model(settings.face_model), select_device(settings.device)
     metrics, stamp = {"photos": n}, figure_metadata(cfg, NAME)
     for encoder_name, landmarks in paths.e3_variants(cfg):
         name = paths.e3_variant_name(encoder_name, landmarks)
-        vcfg = variant_config(cfg, encoder_name)
-        decoder = training_decoder(vcfg, model).to(device)
+        own = Settings.from_config(variant_config(cfg, encoder_name))
+        decoder = training_decoder(own, model).to(device)
         with _stage.timed(f"{name}: {n} photos"):
-            encoder, trained_size = load_encoder(vcfg, encoder_name, decoder, e3[f"encoder_{name}"])
+            encoder, trained_size = load_encoder(own, encoder_name, decoder, e3[f"encoder_{name}"])
             codes = predict_codes(encoder.to(device), batch["images"].to(device),
-                                  trained_size or vcfg["training"]["input_size"])
+                                  trained_size or own.training.input_size)
             panels = reconstruction_panels(decoder, codes, batch["images"])
             plot_grid(panels, out[f"figure_{name}"], row_labels=labels, metadata=stamp,
                       title=f"E8: {variant_label(encoder_name, landmarks)} ({cfg['preset']} preset)")

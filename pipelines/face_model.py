@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 
-from mofa.config import camera_from_config, config_hash
+from mofa.config import config_hash
 from mofa.decoder import CodeLayout
 from mofa.facemodel import build_face_model, cache_path
 from mofa.figures.face_model_card import plot_face_model_card
+from mofa.settings import Settings
 from pipelines import _stage
 from pipelines.stages import STAGES
 from pipelines.tables import figure_metadata
@@ -25,19 +26,19 @@ log = logging.getLogger(f"mofa.stage.{NAME}")
 
 def run(cfg: dict) -> dict:
     """Build the face model, publish it, draw its model card, write the metrics; returns the metrics."""
-    out = outputs(cfg)
-    cached = cache_path(cfg)
+    out, settings = outputs(cfg), Settings.from_config(cfg)
+    cached = cache_path(settings.face_model)
     from_cache = cached.exists()
 
     with _stage.timed(f"face model {'read from the cache' if from_cache else 'built'}") as build:
-        model = build_face_model(cfg)
+        model = build_face_model(settings.face_model)
     log.info("face model %s: %d vertices, %d triangles, %d/%d/%d shape/expression/reflectance modes",
              model.name, model.n_vertices, len(model.triangles), model.n_shape, model.n_expression,
              model.n_reflectance)
     _stage.publish(cached, out["model"])
 
     with _stage.timed("model card") as card:
-        plot_face_model_card(model, camera_from_config(cfg), out["figure"], metadata=figure_metadata(cfg, NAME))
+        plot_face_model_card(model, settings.camera, out["figure"], metadata=figure_metadata(cfg, NAME))
     _stage.wrote(out["figure"])
 
     metrics = {

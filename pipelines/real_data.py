@@ -20,6 +20,7 @@ from mofa.errors import MofaError
 from mofa.realdata.adapters import ENV_VARS, adapter_for
 from mofa.realdata.crop_policy import CropPolicy
 from mofa.realdata.prepare import prepare, split_of
+from mofa.settings import Settings
 from pipelines import _stage, paths
 from pipelines.paths import DATASETS
 from pipelines.stages import STAGES
@@ -56,7 +57,7 @@ def run(cfg: dict) -> dict:
         samples = list(adapter_for(dataset)(roots[dataset]))[: rd["max_images"]]
         log.info("%s: %d images from %s", dataset, len(samples), roots[dataset])
         # ibug68 is only ever shown, never trained on: all of it is one split
-        summary = prepare(samples, folder(cfg, dataset), CropPolicy.from_config(cfg), split_seed=rd["split_seed"],
+        summary = prepare(samples, folder(cfg, dataset), CropPolicy.from_settings(Settings.from_config(cfg)), split_seed=rd["split_seed"],
                           eval_fraction=rd["eval_fraction"] if dataset == "aflw2000" else 0.0,
                           gt_box_fallback=rd["gt_box_fallback"])
         _stage.wrote(folder(cfg, dataset) / "summary.json")

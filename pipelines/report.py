@@ -123,7 +123,7 @@ def run_metadata(cfg: Mapping) -> dict[str, str]:
     data = data_hashes(cfg, NAME)
     return {"preset": cfg["preset"], "git commit": git_commit(), "config hash": result_config_hash(cfg),
             **{f"data manifest {name}": digest for name, digest in data.items()},
-            "device": device_name(select_device(cfg)), "platform": platform.platform(),
+            "device": device_name(select_device(cfg["device"])), "platform": platform.platform(),
             **{f"version {name}": version for name, version in package_versions().items()}}
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from mofa.config import camera_from_config
 from mofa.data.synthetic import generate
 from mofa.facemodel import build_face_model
+from mofa.settings import Settings
 from pipelines import _stage, paths
 from pipelines.stages import STAGES
 
@@ -22,8 +22,9 @@ log = logging.getLogger(f"mofa.stage.{NAME}")
 
 
 def run(cfg: dict) -> dict:
-    model = build_face_model(cfg)
-    manifests = generate(cfg, model, camera_from_config(cfg), data_dir(cfg))
+    settings = Settings.from_config(cfg)
+    model = build_face_model(settings.face_model)
+    manifests = generate(settings.synthetic, model, settings.camera, data_dir(cfg), settings.light.ambient_offset)
     for split, manifest in manifests.items():
         log.info("synthetic %s: %d images, %.1f images/s", split, manifest["count"], manifest["images_per_second"])
     metrics = {f"{split}_{key}": m[key] for split, m in manifests.items()

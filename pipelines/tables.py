@@ -79,7 +79,7 @@ def provenance(cfg: Mapping, stage: str) -> str:
 
 def training_precision(cfg: Mapping) -> str:
     """'fp32' or 'bf16': training.precision resolved on this machine for the config's device."""
-    return resolve_precision(cfg["training"]["precision"], select_device(cfg))
+    return resolve_precision(cfg["training"]["precision"], select_device(cfg["device"]))
 
 
 def figure_metadata(cfg: Mapping, stage: str) -> dict[str, str]:

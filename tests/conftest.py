@@ -133,17 +133,17 @@ def ict_model(ict_dir):
 @pytest.fixture(scope="session")
 def default_camera():
     """The camera of the `default` preset."""
-    from mofa.config import camera_from_config, load_config
-    return camera_from_config(load_config("default"))
+    from mofa.settings import load_settings
+    return load_settings("default").camera
 
 
 @pytest.fixture(scope="module")
 def cache(ict_dir, tmp_path_factory):
     """A face-model cache holding the ci preset's model (built once per test module)."""
-    from mofa.config import load_config
     from mofa.facemodel import build_face_model
+    from mofa.settings import load_settings
     folder = tmp_path_factory.mktemp("cache")
-    build_face_model(load_config("ci", {"face_model.cache_dir": str(folder)}))
+    build_face_model(load_settings("ci", {"face_model.cache_dir": str(folder)}).face_model)
     return folder
 
 
@@ -152,15 +152,15 @@ def checkpoint(cache, tmp_path_factory):
     """Weights of a fresh AlexNet encoder for the ci face model, with its encoder.json."""
     import torch
 
-    from mofa.config import load_config
     from mofa.facemodel import build_face_model
+    from mofa.settings import load_settings
     from mofa.training.runs import make_encoder, training_decoder, write_encoder_card
     root = tmp_path_factory.mktemp("run")
-    cfg = load_config("ci", {"face_model.cache_dir": str(cache)})
-    decoder = training_decoder(cfg, build_face_model(cfg))
-    encoder = make_encoder(cfg, "alexnet", decoder)
+    settings = load_settings("ci", {"face_model.cache_dir": str(cache)})
+    decoder = training_decoder(settings, build_face_model(settings.face_model))
+    encoder = make_encoder(settings, "alexnet", decoder)
     torch.save(encoder.state_dict(), root / "encoder.pt")
-    write_encoder_card(root, cfg, "alexnet", decoder, encoder)
+    write_encoder_card(root, settings, "alexnet", decoder, encoder)
     return root / "encoder.pt"
 
 

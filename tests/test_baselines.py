@@ -23,6 +23,7 @@ from baselines.learned_decoder import (
     train_learned_decoder,
 )
 from mofa.decoder import Decoder, PinholeCamera
+from mofa.errors import MofaError
 from mofa.decoder.geometry import vertex_normals
 from mofa.landmarks import LANDMARKS_46
 from mofa.losses import LossWeights, mofa_loss
@@ -373,10 +374,12 @@ def test_baseline_training_killed_mid_way_resumes_to_the_same_weights_and_losses
     assert resumed_losses == reference_losses
     for name, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
-    # A checkpoint of other settings (12 iterations, now 14) is not resumed from: the run starts over,
-    # so it needs all 14 batches, not the last 2.
-    with pytest.raises(Killed):
-        run(DiesAt(synthetic_split, 13), checkpoint, iterations=14)
+    # A checkpoint of other settings (12 iterations, now 14) is refused in one line, as the trainer does,
+    # and left as it was.
+    before = checkpoint.read_bytes()
+    with pytest.raises(MofaError, match=r"checkpoint.pt: was written with other training settings .*delete it"):
+        run(synthetic_split, checkpoint, iterations=14)
+    assert checkpoint.read_bytes() == before
 
 # -- image fidelity -------------------------------------------------------------------------------------
 

@@ -8,9 +8,10 @@ import pytest
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from mofa.config import (CONFIG_DIR, REPO_ROOT, SCHEMA_PATH, camera_from_config, config_hash, load_config, load_schema,
+from mofa.config import (CONFIG_DIR, REPO_ROOT, SCHEMA_PATH, config_hash, load_config, load_schema,
                          presets, results_dir, select_device, validate_config)
 from mofa.errors import MofaError
+from mofa.settings import load_settings
 
 
 def write(tmp_path: Path, data: dict, name: str = "my.yaml") -> Path:
@@ -204,11 +205,11 @@ def test_config_hash_ignores_key_order_and_sees_values():
 
 
 def test_device_and_camera():
-    cfg = load_config("ci", {"device": "cpu", "camera": {"focal_length_px": 900}})
-    assert select_device(cfg).type == "cpu"
-    camera = camera_from_config(cfg)
+    settings = load_settings("ci", {"device": "cpu", "camera": {"focal_length_px": 900}})
+    assert select_device(settings.device).type == "cpu"
+    camera = settings.camera
     assert (camera.image_size, camera.focal_length_px, camera.distance_mm, camera.translation_scale_mm) == (240, 900.0, 1000.0, 10.0)
-    assert select_device(load_config("ci")).type in ("cpu", "cuda")
+    assert select_device(load_config("ci")["device"]).type in ("cpu", "cuda")
 
 
 def _snakemake_validated(data: dict) -> dict:

@@ -1,6 +1,7 @@
 """The ICT-FaceKit loader on the real copy (MOFA_ICT_DIR), the model cache and the model card."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -144,3 +145,17 @@ def test_model_card_names_the_reflectance_source(ict_model):
     for fact in ("vertices          26719", "triangles         52220", "expression modes  53", "units             mm",
                  "MIT", "NOT scan-derived"):
         assert fact in card, fact
+
+
+def test_the_drawn_region_is_decided_in_one_place(ict_model, small_face_model):
+    """FaceModel.drawn: the region asked for where the model has it, else face_head, else full_face, else
+    the whole model (synthetic images, the model card, exported meshes and the renderer bench use it)."""
+    assert ict_model.drawn_region() == "face_head"
+    assert ict_model.drawn_region("full_face") == "full_face"
+    assert ict_model.drawn_region("no_such_region") == "face_head"
+    assert ict_model.drawn().n_vertices == int(ict_model.regions["face_head"].sum())
+    without_head = dataclasses.replace(ict_model, regions={k: v for k, v in ict_model.regions.items() if k != "face_head"})
+    assert without_head.drawn_region() == "full_face"
+    bare = dataclasses.replace(small_face_model, regions={"training": small_face_model.training_mask},
+                               face_region="training")  # neither face_head nor full_face
+    assert bare.drawn_region() is None and bare.drawn() is bare

@@ -119,12 +119,13 @@ def test_face_model_stage_on_a_full_disk_leaves_no_cut_short_model(cache, full_d
 def test_face_model_cache_on_a_full_disk(ict_dir, full_disk, tmp_path, capsys, restore_logging):
     """The model is built, and its cache file does not fit: one line, no cache file, no temporary."""
     from mofa.facemodel import cache_path
+    from mofa.settings import load_settings
     from pipelines import face_model
     disk = full_disk(256)
     log = tmp_path / "face_model.log"
     overrides = {"results_dir": str(tmp_path / "results"), "face_model.cache_dir": str(disk)}
     status, errors = run_stage(face_model, overrides, log, capsys)
-    cached = cache_path(load_config("ci", overrides))
+    cached = cache_path(load_settings("ci", overrides).face_model)
     assert_failed_in_one_line(status, errors, log, cached, "No space left on device")
     assert not cached.exists() and not leftovers(disk)
 

@@ -20,6 +20,7 @@ from mofa.errors import MofaError
 from mofa.evaluation import aflw2000
 from mofa.realdata.crop_policy import CropPolicy
 from mofa.realdata.prepare import FORMAT_VERSION, MANIFEST_COLUMNS, RealFaceSet
+from mofa.settings import Settings, load_settings
 from mofa.training.mixed import MixedSource
 from mofa.training.runs import RUN_KEY, prepare_run_dir
 
@@ -222,8 +223,8 @@ def test_mofa_evaluate_aflw2000_scores_every_image_even_one_mediapipe_cannot_rea
     with MediaPipeLandmarker() as landmarker:
         assert landmarker.detect(crops.images[crops.ids.index("aflw2000/image99999")]) is None
     monkeypatch.chdir(REPO_ROOT)  # the ci preset's face model cache is results/cache
-    cfg = load_config("ci")
-    decoder = training_decoder(cfg, build_face_model(cfg))
+    settings = load_settings("ci")
+    decoder = training_decoder(settings, build_face_model(settings.face_model))
     encoder = build_encoder("alexnet", decoder.layout)  # zero-initialised head: the mean face
     checkpoint = tmp_path / "run" / "encoder.pt"
     checkpoint.parent.mkdir()
@@ -253,7 +254,7 @@ def test_mofa_evaluate_aflw2000_scores_every_image_even_one_mediapipe_cannot_rea
     assert np.isfinite(table.loc[0, "nme"]) and 0 < table.loc[0, "nme"] < 1
     # with the encoder.json a training run writes beside its weights, the preset and encoder come from it
     from mofa.training.runs import write_encoder_card
-    write_encoder_card(checkpoint.parent, cfg, "alexnet", decoder, encoder)
+    write_encoder_card(checkpoint.parent, settings, "alexnet", decoder, encoder)
     assert cli.main(["evaluate", "aflw2000", "--root", str(root), "--checkpoint", str(checkpoint)]) == 0
     assert "alexnet encoder" in capsys.readouterr().out
     # a checkpoint of another encoder is one clear line, not a traceback
@@ -292,7 +293,9 @@ def test_real_data_e2_e3_e8_and_e4_stages_on_tiny_inputs(tmp_path, monkeypatch, 
     synthetic.run(cfg)
     e1_weights = e1_synthetic.outputs(cfg)["encoder_alexnet"]  # stands in for E1's run
     e1_weights.parent.mkdir(parents=True)
-    torch.save(build_encoder("alexnet", training_decoder(cfg, build_face_model(cfg)).layout, seed=7).state_dict(),
+    settings = Settings.from_config(cfg)
+    torch.save(build_encoder("alexnet", training_decoder(settings, build_face_model(settings.face_model)).layout,
+                             seed=7).state_dict(),
                e1_weights)
 
     metrics = real_data.run(cfg)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mofa.cli import main
-from mofa.config import load_config
 from mofa.facemodel import build_face_model
+from mofa.settings import load_settings
 from mofa.training.runs import make_encoder, training_decoder, write_encoder_card
 
 
@@ -21,12 +21,12 @@ from mofa.training.runs import make_encoder, training_decoder, write_encoder_car
 def checkpoint(ict_dir, tmp_path_factory):
     """Weights of a freshly built encoder (zero head: the mean face) with its encoder.json."""
     root = tmp_path_factory.mktemp("run")
-    cfg = load_config("ci", {"face_model.cache_dir": str(root / "cache")})
-    model = build_face_model(cfg)
-    decoder = training_decoder(cfg, model)
-    encoder = make_encoder(cfg, "alexnet", decoder)
+    settings = load_settings("ci", {"face_model.cache_dir": str(root / "cache")})
+    model = build_face_model(settings.face_model)
+    decoder = training_decoder(settings, model)
+    encoder = make_encoder(settings, "alexnet", decoder)
     torch.save(encoder.state_dict(), root / "encoder.pt")
-    write_encoder_card(root, cfg, "alexnet", decoder, encoder)
+    write_encoder_card(root, settings, "alexnet", decoder, encoder)
     return root / "encoder.pt"
 
 
@@ -94,7 +94,7 @@ def test_a_face_under_the_preparations_smallest_is_skipped_with_its_size(checkpo
     from mofa.reconstruct import Reconstructor
 
     policy = Reconstructor.from_checkpoint(checkpoint).policy
-    assert policy == CropPolicy.from_config(load_config("ci"))
+    assert policy == CropPolicy.from_settings(load_settings("ci"))
     rgb = cv2.cvtColor(cv2.imread(str(face_photo)), cv2.COLOR_BGR2RGB)
     side = detect_faces_mediapipe(rgb)[0][0, 2]
     scale = 0.75 * policy.min_face_px / side  # the face at about 48 px: found, but under 64

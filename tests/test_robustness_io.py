@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from mofa.cli import main
-from mofa.config import REPO_ROOT, load_config
+from mofa.config import REPO_ROOT
 from mofa.errors import MofaError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
@@ -161,14 +161,15 @@ def test_reconstruct_finds_einstein_and_writes_identical_files_twice(checkpoint,
 def test_cache_and_default_checkpoint_resolve_from_the_project(tmp_path, monkeypatch, capsys):
     from mofa.facemodel import CACHE_ENV_VAR, cache_path
     from mofa.reconstruct import project_results
+    from mofa.settings import load_settings
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(CACHE_ENV_VAR, raising=False)
-    cfg = load_config("ci")
-    assert cache_path(cfg).parent == REPO_ROOT / "results" / "cache"
+    fm = load_settings("ci").face_model
+    assert cache_path(fm).parent == REPO_ROOT / "results" / "cache"
     assert project_results() == REPO_ROOT / "results" / "default"
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "elsewhere"))
-    assert cache_path(cfg).parent == tmp_path / "elsewhere"
+    assert cache_path(fm).parent == tmp_path / "elsewhere"
 
     # from another folder, `mofa reconstruct` without --checkpoint looks in the project's results
     result = run(capsys, "reconstruct", "x.png", "--out", str(tmp_path / "out"))

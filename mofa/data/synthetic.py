@@ -23,7 +23,9 @@ import os
 import queue
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -31,6 +33,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from mofa.config import schema_default, schema_section_defaults
 from mofa.data.backgrounds import list_images, sample_background
 from mofa.decoder import AMBIENT_OFFSET, Decoder, PinholeCamera
 from mofa.decoder.layout import CodeLayout
@@ -39,10 +42,18 @@ from mofa.facemodel.model import FaceModel
 from mofa.io import atomic_dir
 from mofa.render.raycast import render
 
+if TYPE_CHECKING:
+    from mofa.settings import SyntheticSettings
+
 log = logging.getLogger(__name__)
 SPLIT_IDS = {"train": 0, "test": 1}
 FORMAT_VERSION = 1
 ARRAYS = ("images", "codes", "landmarks", "landmark_visible", "vertices")
+
+
+def _default(*keys: str):
+    """The schema's default of synthetic.<keys>, for the defaults below (defined once, in the schema)."""
+    return schema_default("synthetic", *keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,22 +66,21 @@ class CodeDistribution:
     roll normal, clipped at two standard deviations. Light: mostly white (one SH vector shared by the
     channels) with mild per-channel colour, around the decoder's ambient offset.
     """
-    yaw_deg: float = 45.0
-    pitch_std_deg: float = 10.0
-    roll_std_deg: float = 5.0
-    translation_xy_std: float = 0.5
-    translation_z_std: float = 4.0
-    blendshapes: tuple[int, int] = (0, 3)
-    blendshape_weight_max: float = 1.0
-    light_ambient_std: float = 0.15
-    light_directional_std: float = 0.25
-    light_colour_std: float = 0.04
+    yaw_deg: float = _default("distribution", "yaw_deg")
+    pitch_std_deg: float = _default("distribution", "pitch_std_deg")
+    roll_std_deg: float = _default("distribution", "roll_std_deg")
+    translation_xy_std: float = _default("distribution", "translation_xy_std")
+    translation_z_std: float = _default("distribution", "translation_z_std")
+    blendshapes: tuple[int, int] = tuple(_default("distribution", "blendshapes"))
+    blendshape_weight_max: float = _default("distribution", "blendshape_weight_max")
+    light_ambient_std: float = _default("distribution", "light_ambient_std")
+    light_directional_std: float = _default("distribution", "light_directional_std")
+    light_colour_std: float = _default("distribution", "light_colour_std")
 
     @classmethod
-    def from_config(cls, section: dict) -> "CodeDistribution":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: (tuple(v) if k == "blendshapes" else v) for k, v in section.items() if k in fields}
-        return cls(**kwargs)
+    def from_config(cls, section: Mapping) -> "CodeDistribution":
+        """From synthetic.distribution (validated: its keys are the fields)."""
+        return cls(**{k: (tuple(v) if k == "blendshapes" else v) for k, v in section.items()})
 
 
 def sample_code(rng: np.random.Generator, layout: CodeLayout, model: FaceModel,
@@ -289,10 +299,11 @@ def _write_all(split: _SplitSpec, n: int, chunk: int, workers: int, bar) -> list
 
 
 def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, camera: PinholeCamera,
-                   seed: int, dist: CodeDistribution, render_region: str = "face_head",
-                   background_mix: dict[str, float] | None = None, background_folder: str | None = None,
-                   supersample: int = 1, image_noise_std: float = 0.01, batch_size: int = 32,
-                   workers: int = 0, progress: bool = True, ambient_offset: float = AMBIENT_OFFSET) -> dict:
+                   seed: int, dist: CodeDistribution, render_region: str = _default("render_region"),
+                   background_mix: Mapping[str, float] | None = None, background_folder: str | None = None,
+                   supersample: int = _default("supersample"), image_noise_std: float = _default("image_noise_std"),
+                   batch_size: int = 32, workers: int = _default("workers"), progress: bool = True,
+                   ambient_offset: float = AMBIENT_OFFSET) -> dict:
     """Render n samples of one split into out_dir/<split>; returns the manifest dict.
 
     batch_size: codes decoded together, the chunk a process claims at a time; workers: processes that
@@ -312,14 +323,14 @@ def generate_split(out_dir: str | Path, split: str, n: int, model: FaceModel, ca
 
 
 def _generate_into(partial: Path, split: str, n: int, model: FaceModel, camera: PinholeCamera, seed: int,
-                   dist: CodeDistribution, render_region: str, background_mix: dict[str, float] | None,
+                   dist: CodeDistribution, render_region: str, background_mix: Mapping[str, float] | None,
                    background_folder: str | None, supersample: int, image_noise_std: float, batch_size: int,
                    workers: int, progress: bool, ambient_offset: float) -> dict:
     """`generate_split` into the empty folder `partial`; returns the manifest."""
-    mix = background_mix or {"procedural": 0.4, "noise": 0.2, "colour_field": 0.2, "folder": 0.2}
+    mix = dict(background_mix or schema_section_defaults("synthetic", "background_mix"))
     files = list_images(background_folder) if background_folder else None
 
-    region_model = model.submesh(render_region) if render_region in model.regions else model
+    region_model = model.drawn(render_region)
     layout = CodeLayout.for_model(region_model)
     face = np.flatnonzero(region_model.regions[model.face_region])
     size = camera.image_size
@@ -378,15 +389,13 @@ class SyntheticSet:
         return {k: v.to(device) for k, v in out.items()}
 
 
-def generate(cfg: dict, model: FaceModel, camera: PinholeCamera, out_dir: str | Path, progress: bool = True) -> dict:
-    """Both splits of cfg['synthetic'] into out_dir/{train,test}; returns {split: manifest}."""
-    syn = cfg["synthetic"]
-    dist = CodeDistribution.from_config(syn.get("distribution", {}))
-    folder = syn.get("background_folder") or os.environ.get("MOFA_BACKGROUND_DIR")
-    common = dict(model=model, camera=camera, seed=int(syn["seed"]), dist=dist,
-                  render_region=syn["render_region"], background_mix=syn["background_mix"],
-                  background_folder=folder, supersample=int(syn["supersample"]),
-                  image_noise_std=float(syn["image_noise_std"]), workers=int(syn["workers"]), progress=progress,
-                  ambient_offset=float(cfg["light"]["ambient_offset"]))
-    return {split: generate_split(out_dir, split, int(syn[f"n_{split}"]), **common) for split in ("train", "test")}
-
+def generate(syn: "SyntheticSettings", model: FaceModel, camera: PinholeCamera, out_dir: str | Path,
+             ambient_offset: float, progress: bool = True) -> dict:
+    """Both splits of the synthetic settings into out_dir/{train,test}; returns {split: manifest}.
+    ambient_offset: the light's (light.ambient_offset), as the training decoder uses it."""
+    common = dict(model=model, camera=camera, seed=syn.seed, dist=CodeDistribution.from_config(syn.distribution),
+                  render_region=syn.render_region, background_mix=dataclasses.asdict(syn.background_mix),
+                  background_folder=syn.background_folder or os.environ.get("MOFA_BACKGROUND_DIR"),
+                  supersample=syn.supersample, image_noise_std=float(syn.image_noise_std), workers=syn.workers,
+                  progress=progress, ambient_offset=float(ambient_offset))
+    return {split: generate_split(out_dir, split, getattr(syn, f"n_{split}"), **common) for split in ("train", "test")}

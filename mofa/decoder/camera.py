@@ -14,6 +14,8 @@ import dataclasses
 
 import torch
 
+from mofa.config import schema_default
+
 # Model space -> camera space for a frontal face: a half turn about x (y up -> y down, z out -> z in).
 MODEL_TO_CAMERA = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
 
@@ -25,10 +27,10 @@ class PinholeCamera:
     focal_length_px: focal length in pixels; image_size: square crop side in pixels;
     translation_scale_mm: millimetres per unit of the code's translation entries.
     """
-    image_size: int = 240
-    focal_length_px: float = 800.0
-    distance_mm: float = 1000.0
-    translation_scale_mm: float = 10.0
+    image_size: int = schema_default("camera", "image_size")
+    focal_length_px: float = float(schema_default("camera", "focal_length_px"))
+    distance_mm: float = float(schema_default("camera", "distance_mm"))
+    translation_scale_mm: float = float(schema_default("camera", "translation_scale_mm"))
 
     @property
     def principal_point(self) -> float:

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from mofa.config import schema_default
 from mofa.decoder.layout import N_SH_BANDS
 
 LAMBERT_BAND = (math.pi, 2.0 * math.pi / 3.0, math.pi / 4.0)
@@ -22,7 +23,8 @@ _Y = (
     0.5 * math.sqrt(15.0 / math.pi),
     0.25 * math.sqrt(15.0 / math.pi),
 )
-AMBIENT_OFFSET = 0.7  # added to the band-0 coefficient of every channel, so a zero code is lit
+# Added to the band-0 coefficient of every channel, so a zero code is lit (light.ambient_offset's default).
+AMBIENT_OFFSET = schema_default("light", "ambient_offset")
 
 
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:

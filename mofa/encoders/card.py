@@ -5,14 +5,19 @@ the face model, camera and light, and the preset. This module is the one place t
 loads it, with the errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from mofa.errors import MofaError
+
+if TYPE_CHECKING:
+    from mofa.settings import Settings
 
 CARD = "encoder.json"
 # Keys without which the card cannot rebuild the encoder and its decoder.
@@ -24,13 +29,14 @@ def card_path(weights: str | Path) -> Path:
     return Path(weights).with_name(CARD)
 
 
-def make_card(cfg: Mapping, encoder_name: str, code_layout: Mapping[str, int], init: str) -> dict:
-    """The card of an encoder trained under `cfg` (encoders.<name> overrides already applied)."""
-    own = cfg["encoders"][encoder_name]
-    return {"encoder": encoder_name, "code_layout": dict(code_layout), "input_size": cfg["training"]["input_size"],
-            "rotation_bound_deg": cfg["training"]["rotation_bound_deg"], "face_model": dict(cfg["face_model"]),
-            "camera": dict(cfg["camera"]), "light": dict(cfg["light"]), "init": init, "preset": cfg["preset"],
-            "module": own["module"], "options": dict(own["options"])}
+def make_card(settings: "Settings", encoder_name: str, code_layout: Mapping[str, int], init: str) -> dict:
+    """The card of an encoder trained under `settings` (encoders.<name> overrides already applied)."""
+    own = settings.encoder(encoder_name)
+    return {"encoder": encoder_name, "code_layout": dict(code_layout), "input_size": settings.training.input_size,
+            "rotation_bound_deg": settings.training.rotation_bound_deg,
+            "face_model": dataclasses.asdict(settings.face_model), "camera": dataclasses.asdict(settings.camera),
+            "light": dataclasses.asdict(settings.light), "init": init, "preset": settings.preset,
+            "module": own.module, "options": dict(own.options)}
 
 
 def write_card(run_dir: str | Path, card: Mapping) -> Path:

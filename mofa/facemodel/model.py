@@ -13,6 +13,10 @@ from mofa.io import save_npz
 FORMAT_VERSION = 1
 
 
+# The regions drawn in images where none is asked for, or the one asked for is missing: the first the
+# model has (ICT: face, head, neck, mouth socket and eyeballs; then the full face).
+DRAWN_REGIONS = ("face_head", "full_face")
+
 @dataclasses.dataclass(frozen=True)
 class FaceModel:
     """A linear 3D morphable face model, in millimetres, with N vertices.
@@ -97,6 +101,20 @@ class FaceModel:
         return self.regions[self.face_region]
 
     # -- derived models ----------------------------------------------------------------------
+    def drawn_region(self, wanted: str | None = None) -> str | None:
+        """The region images show (synthetic data, the model card, exported meshes, the renderer
+        benchmark): `wanted` where the model has it, else the first of DRAWN_REGIONS it has; None for
+        the whole model (a model without regions, as BFM)."""
+        for region in ((wanted,) if wanted else ()) + DRAWN_REGIONS:
+            if region in self.regions:
+                return region
+        return None
+
+    def drawn(self, wanted: str | None = None) -> "FaceModel":
+        """The model restricted to `drawn_region(wanted)` (itself where that is the whole model)."""
+        region = self.drawn_region(wanted)
+        return self if region is None else self.submesh(region)
+
     def submesh(self, region: str) -> "FaceModel":
         """The model restricted to one region: vertices re-indexed, triangles kept when all three
         corners are inside. Landmarks must lie in the region."""

@@ -10,7 +10,6 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mofa.bench import render_region_model
 from mofa.decoder import Decoder, PinholeCamera
 from mofa.io import atomic_path
 from mofa.render.raycast import render
@@ -48,11 +47,10 @@ def plot_face_model_card(model, camera: PinholeCamera, out_path: str | os.PathLi
     """Render the mean face and the -3 / +3 sd faces of the first shape, expression and reflectance
     modes (frontal, zero light: ambient only) in a grid; write a PNG atomically; return its path.
 
-    The faces are drawn on the 'face_head' region if the model has one, else 'full_face', else the
-    whole model. Rows: mean; shape; expression; reflectance (columns -3 sd, mean, +3 sd).
+    The faces are drawn on the region images show (`FaceModel.drawn`). Rows: mean; shape; expression; reflectance (columns -3 sd, mean, +3 sd).
     """
     out_path = Path(out_path)
-    drawn = render_region_model(model)
+    drawn = model.drawn()
     decoder = Decoder(drawn, camera)
     codes, panels = model_card_codes(decoder.layout)
     with torch.no_grad():

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from mofa.realdata.detect import CropWindow
+
+if TYPE_CHECKING:
+    from mofa.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)
 class CropPolicy:
     """The square of side max(w, h) * (1 + 2 margin) centred on a face box (x, y, w, h), resampled to
     image_size px; a box whose longer side is under min_face_px (image px) is too small (upsampled
-    that far, it is mostly blur). From the config: real_data.margin, real_data.min_face_px and
+    that far, it is mostly blur). From the settings: real_data.margin, real_data.min_face_px and
     camera.image_size (margin 0.4 gives faces the size of the synthetic data's)."""
     margin: float
     min_face_px: int
     image_size: int
 
     @classmethod
-    def from_config(cls, cfg: Mapping) -> "CropPolicy":
-        rd = cfg["real_data"]
-        return cls(float(rd["margin"]), int(rd["min_face_px"]), int(cfg["camera"]["image_size"]))
+    def from_settings(cls, settings: "Settings") -> "CropPolicy":
+        return cls(float(settings.real_data.margin), int(settings.real_data.min_face_px), int(settings.camera.image_size))
 
     @classmethod
     def schema_default(cls) -> "CropPolicy":
