@@ -27,7 +27,9 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+PLUGIN := workflow/logger_plugin
+
+$(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml $(PLUGIN)/snakemake_logger_plugin_mofa/__init__.py
 	@# Shared libraries that slim Debian images lack: Open3D links libusb-1.0; the OpenCV wheel that
 	@# mediapipe requires (opencv-contrib-python, not headless) links libGL and GLib. The report's browser
 	@# test (tests/test_report.py) drives headless Chromium through chromedriver. The SLURM test
@@ -45,6 +47,10 @@ $(STAMP): pyproject.toml
 	fi
 	@test -x $(BIN)/python || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet -e '.[pipeline,test,cluster]'
+	@# Snakemake lists logger plugins among installed top-level modules, which an editable install hides:
+	@# the workflow profile's logger (one-line config errors) is a package of its own, installed as one.
+	$(BIN)/python -m pip install --quiet ./$(PLUGIN)
+	@rm -rf $(PLUGIN)/build $(PLUGIN)/*.egg-info
 	@touch $@
 
 # The config is checked first (Snakemake reads a --configfile before the workflow's own check, and

@@ -84,7 +84,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mofa.config import load_config, select_device
     from mofa.evaluation.aflw2000 import benchmark_folder
     from mofa.facemodel import build_face_model
-    from mofa.encoders.card import card_path, read_card
+    from mofa.encoders.card import card_path, read_card, weights_path
     from mofa.realdata.crop_policy import CropPolicy
     from mofa.settings import Settings
     from mofa.training.runs import load_encoder, training_decoder
@@ -92,7 +92,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for out in (args.out, args.landmarks_out):  # before the evaluation, not after it
         if out is not None:
             check_output_file(out)
+    args.checkpoint = weights_path(args.checkpoint)
     card = read_card(card_path(args.checkpoint))
+    if args.encoder and card.get("encoder") not in (None, args.encoder):
+        raise MofaError(f"--encoder {args.encoder}: the checkpoint's {card_path(args.checkpoint)} says it is a "
+                        f"{card['encoder']} encoder; leave --encoder out")
     if args.config is None and card:  # the preset, face model and camera the encoder was trained with
         if "preset" not in card:
             raise MofaError(f"{card_path(args.checkpoint)}: encoder card without preset; "
@@ -173,6 +177,17 @@ def cmd_report(args: argparse.Namespace) -> None:
           f"no {report} yet: snakemake --cores all --configfile config/{args.preset}.yaml report")
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count or size: a whole number >= 1 (argparse turns the error into its one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mofa", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -190,19 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoders to time (train, infer)")
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "auto"], default=["fp32", "auto"],
                    help="encoder precisions to time (train, infer); auto: bf16 where the device has it natively")
-    p.add_argument("--batch", type=int, default=32, help="batch size of the training step (infer: 1 and this)")
-    p.add_argument("--input-size", type=int,
+    p.add_argument("--batch", type=positive_int, default=32, help="batch size of the training step (infer: 1 and this)")
+    p.add_argument("--input-size", type=positive_int,
                    help="encoder input side in px (default: the config's training.input_size, or the encoder's own)")
     p.add_argument("--config", default="default", help="preset name or YAML file")
     p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
-    p.add_argument("--images", type=int, default=200, help="images to render for the renderer figure")
-    p.add_argument("--processes", type=int, default=1, help="train: also time the step shared by this many "
+    p.add_argument("--images", type=positive_int, default=200, help="images to render for the renderer figure")
+    p.add_argument("--processes", type=positive_int, default=1, help="train: also time the step shared by this many "
                    "processes under torchrun (images/s of the config's batch on 1 and N processes)")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("reconstruct", help="reconstruct the faces in photos: mesh (.ply, .obj), overlay PNG, code JSON")
-    p.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
+    p.add_argument("photos", nargs="+", type=Path, metavar="PHOTO",
+                   help="image files, or folders of them (their .jpg, .png, ... files, not recursive)")
     p.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
-    p.add_argument("--checkpoint", type=Path, help="encoder weights with encoder.json beside them "
+    p.add_argument("--checkpoint", type=Path, help="encoder weights with encoder.json beside them, or their folder "
                    "(default: what `make reproduce` trained under results/default/runs/)")
     p.set_defaults(func=cmd_reconstruct)
 
@@ -210,15 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("benchmark", choices=["aflw2000"],
                    help="aflw2000: 68-landmark NME per |yaw| bin on a folder in the AFLW2000-3D layout")
     p.add_argument("--root", type=Path, required=True, help="folder of imageNNNNN.jpg + imageNNNNN.mat")
-    p.add_argument("--checkpoint", type=Path, required=True, help="encoder.pt or checkpoint.pt of a training run")
+    p.add_argument("--checkpoint", type=Path, required=True, help="encoder.pt or checkpoint.pt of a training run, or the run's folder")
     p.add_argument("--encoder", choices=["alexnet", "vgg_face", "dlib_resnet"],
                    help="the checkpoint's encoder (default: its encoder.json's, else alexnet)")
     p.add_argument("--config", help="preset name or YAML file the encoder was trained with (face model, camera, "
                    "crop margin; default: what the encoder.json beside the checkpoint says, else the default preset)")
-    p.add_argument("--input-size", type=int, help="encoder input side in px (default: the checkpoint's, else the config's)")
+    p.add_argument("--input-size", type=positive_int, help="encoder input side in px (default: the checkpoint's, else the config's)")
     p.add_argument("--landmarks-out", type=Path, help="also write each image's predicted 68 points in original-image "
                    "px (CSV: name, x0..x67, y0..y67), to score against another annotation")
-    p.add_argument("--limit", type=int, help="the first N images only")
+    p.add_argument("--limit", type=positive_int, help="the first N images only")
     p.add_argument("--device", choices=["cpu", "cuda"], help="override the config's device")
     p.add_argument("--out", type=Path, help="also write the table as CSV here")
     p.set_defaults(func=cmd_evaluate)

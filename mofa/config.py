@@ -43,9 +43,11 @@ def read_yaml(path: str | os.PathLike) -> dict:
     """The mapping at the top of a YAML file; an empty file is {}."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise MofaError(f"{_display(path)}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise MofaError(f"{_display(path)}: not a YAML text file (byte {exc.start} is not UTF-8)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -263,7 +265,8 @@ def writable_folder(folder: str | os.PathLike) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test").close()
     except OSError as exc:
-        raise MofaError(f"{folder}: cannot write there ({exc.strerror})") from None
+        from mofa.io import reason
+        raise MofaError(f"{folder}: cannot write there ({reason(folder, exc)})") from None
     return folder
 
 

@@ -1,4 +1,6 @@
-"""Atomic writes: a file appears under its final name complete or not at all.
+"""Atomic writes, and reads of the files stages hand each other, with one-line errors.
+
+A file appears under its final name complete or not at all.
 
 Every writer here writes to a temporary file in the destination's own folder (the same file system, so
 that the rename is atomic) and renames it onto the final name with `os.replace` only once the content
@@ -16,9 +18,14 @@ that names the final path and the reason, in one line.
 
 A folder written in pieces works the same way with `atomic_dir`: it is built as `<name>.partial` and
 renamed onto `<name>` when complete, and removed when building it fails.
+
+The readers (`read_json`, `load_npy`, `read_csv`) are for files one stage writes and another reads: a
+file that is there but cut short, edited or of another format raises a MofaError that names it, says
+what is wrong and that deleting it makes the workflow write it again.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -49,6 +56,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def reason(path: str | os.PathLike, exc: OSError) -> str:
+    """What went wrong, in words: the OSError's own ('No space left on device'), except where a file
+    stands where a folder of `path` must be, which the system reports as 'File exists' or 'Not a
+    directory': then 'X is a file, not a folder'."""
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        for node in (Path(path), *Path(path).parents):
+            if node.exists():
+                if not node.is_dir():
+                    return f"{node} is a file, not a folder"
+                break
+    return exc.strerror or str(exc)
+
+
 def write_error(path: str | os.PathLike, exc: OSError, stand_in: Path | None = None) -> MofaError:
     """The one-line error for a failed write of `path`: 'PATH: cannot write (No space left on device)'.
 
@@ -63,7 +83,9 @@ def write_error(path: str | os.PathLike, exc: OSError, stand_in: Path | None = N
                 where = Path(path)
             elif stand_in in name.parents:
                 where = Path(path) / name.relative_to(stand_in)
-    return MofaError(f"{where or path}: cannot write ({exc.strerror or exc})")
+    if where is None or where in Path(path).parents:  # a folder on the way to `path`: name `path`
+        where = Path(path)
+    return MofaError(f"{where}: cannot write ({reason(where, exc)})")
 
 
 @contextmanager
@@ -204,3 +226,63 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+def _unreadable(path: Path, what: str, problem: str) -> MofaError:
+    return MofaError(f"{path}: unreadable {what} ({problem}); delete it and run the stage that writes it again")
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict:
+    """The JSON object in `path`; a MofaError naming the file when it is missing, not JSON or not an object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MofaError(f"{path}: {what} missing; run the stage that writes it") from None
+    except OSError as exc:
+        raise MofaError(f"{path}: cannot read ({exc.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _unreadable(path, what, f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise _unreadable(path, what, f"a JSON {type(data).__name__}, expected an object")
+    return data
+
+
+def load_npy(path: str | os.PathLike, mmap_mode: str | None = "r", rows: int | None = None) -> Any:
+    """np.load of an array file (memory-mapped by default); rows: the length its first axis must have.
+    A MofaError naming the file when it is missing, cut short or not a .npy array."""
+    import numpy as np
+
+    path = Path(path)
+    try:
+        array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise MofaError(f"{path}: array missing; run the stage that writes it") from None
+    except OSError as exc:
+        raise MofaError(f"{path}: cannot read ({exc.strerror})") from None
+    except (ValueError, EOFError) as exc:  # a bad header, a file shorter than its header says
+        raise _unreadable(path, "array", " ".join(str(exc).split()) or type(exc).__name__) from None
+    if not isinstance(array, np.ndarray):
+        raise _unreadable(path, "array", "an .npz archive, expected one .npy array")
+    if rows is not None and (array.ndim == 0 or array.shape[0] != rows):
+        raise _unreadable(path, "array", f"shape {array.shape}, expected {rows} rows as its manifest says")
+    return array
+
+
+def read_csv(path: str | os.PathLike, columns: tuple[str, ...] = (), what: str = "table", **kwargs: Any):
+    """pd.read_csv(path) with the `columns` it must have; a MofaError naming the file otherwise."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, **kwargs)
+    except FileNotFoundError:
+        raise MofaError(f"{path}: {what} missing; run the stage that writes it") from None
+    except OSError as exc:
+        raise MofaError(f"{path}: cannot read ({exc.strerror})") from None
+    except (UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise _unreadable(path, what, " ".join(str(exc).split())[:200]) from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise _unreadable(path, what, f"no column {', '.join(missing)}")
+    return frame

@@ -23,7 +23,9 @@ import cv2
 import numpy as np
 import torch
 
-from mofa.errors import MofaError
+from mofa import io
+from mofa.errors import MofaError, one_line
+from mofa.realdata.adapters import IMAGE_SUFFIXES
 from mofa.realdata.crop_policy import CropPolicy
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ class Reconstructor:
         from mofa.encoders import card as card_module
         from mofa.facemodel import build_face_model
         from mofa.settings import load_settings
-        checkpoint = Path(checkpoint)
+        checkpoint = card_module.weights_path(checkpoint)
         state, _ = card_module.read_weights(checkpoint)
         card_path = card_module.card_path(checkpoint)
         card = card_module.read_card(card_path, required=True)
@@ -93,7 +95,7 @@ def default_checkpoint(results_root: str | Path | None = None) -> Path:
         table = read_table(table_path).frame
         best = table.sort_values("nme_mean_pct", kind="stable").iloc[0]
     except Exception as exc:  # noqa: BLE001 - any unreadable table is the same user problem
-        raise MofaError(f"{table_path}: unreadable E3 table ({type(exc).__name__}: {exc}); pass --checkpoint") from None
+        raise MofaError(f"{table_path}: unreadable E3 table ({one_line(exc)}); pass --checkpoint") from None
     run = f"e3_{best['encoder']}_{'land' if best['landmark_loss'] == 'yes' else 'noland'}"
     path = results_root / "runs" / run / "encoder.pt"
     if not path.is_file():
@@ -153,17 +155,53 @@ def _write(path: Path, writer: Callable[[Path], None]) -> None:
     try:
         writer(path)
     except OSError as exc:
-        raise MofaError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise MofaError(f"{path}: cannot write ({io.reason(path, exc)})") from None
 
 
-def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path) -> list[Path]:
-    """Reconstruct every face found in one photo; returns the files written. MofaError when the
-    photo is unreadable or holds no face."""
+def photo_files(photos: list[str | Path]) -> list[Path]:
+    """The photos to reconstruct, in order: each file as given, each folder's image files (sorted,
+    not recursive; IMAGE_SUFFIXES), each file once. A folder without images, or a missing path, stays
+    in the list for `reconstruct_photo` to report."""
+    files: list[Path] = []
+    for photo in map(Path, photos):
+        found = sorted(p for p in photo.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()) \
+            if photo.is_dir() else []
+        files += found or [photo]
+    unique: dict[Path, Path] = {}
+    for photo in files:
+        unique.setdefault(photo.resolve(), photo)
+    return list(unique.values())
+
+
+def output_stems(photos: list[Path]) -> list[str]:
+    """A distinct file-name stem per photo: its own stem where no other photo has it, else its path
+    from the clashing photos' common folder joined with '_' (a/x.jpg, b/x.jpg -> a_x, b_x), and the
+    file suffix too where that still clashes (x.jpg, x.png -> x_jpg, x_png)."""
+    stems = [p.stem for p in photos]
+    resolved = [p.resolve() for p in photos]
+    for stem in {s for s in stems if stems.count(s) > 1}:
+        clash = [k for k, s in enumerate(stems) if s == stem]
+        common = Path(os.path.commonpath([resolved[k].parent for k in clash]))
+        for k in clash:
+            stems[k] = "_".join(resolved[k].parent.relative_to(common).parts + (stem,))
+    return [f"{s}_{p.suffix.lstrip('.')}" if stems.count(s) > 1 else s for p, s in zip(photos, stems)]
+
+
+FACE_FILE_SUFFIXES = (".ply", ".obj", "_overlay.png", ".json")  # a face's files: <stem>_face<k><suffix>
+
+
+def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path, stem: str | None = None) -> list[Path]:
+    """Reconstruct every face found in one photo into <stem>_face<k>.* (stem: the photo's own by
+    default); returns the files written. Files of faces a previous run of the same stem found and
+    this one did not are removed. MofaError when the photo is unreadable or holds no face."""
     from mofa.realdata.detect import detect_faces_mediapipe
     from mofa.render.raycast import render, shaded_geometry_colours
     from mofa.training.trainer import predict_codes
 
     photo, out_dir = Path(photo), Path(out_dir)
+    stem = stem or photo.stem
+    if photo.is_dir():
+        raise MofaError(f"{photo}: a folder with no image files ({', '.join(IMAGE_SUFFIXES)})")
     rgb = read_photo(photo)
     boxes, _ = detect_faces_mediapipe(rgb)
     boxes = boxes[np.argsort(-boxes[:, 2] * boxes[:, 3], kind="stable")]  # face0 the largest
@@ -187,22 +225,22 @@ def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path
     # beside the outputs (the same filesystem), then renamed into place: a failure leaves nothing
     written = []
     try:
-        staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{photo.stem}."))
+        staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{stem}."))
     except OSError as exc:
-        raise MofaError(f"{out_dir}: cannot write there ({exc.strerror})") from None
+        raise MofaError(f"{out_dir}: cannot write there ({io.reason(out_dir, exc)})") from None
     try:
         for k, (window, box) in enumerate(zip(windows, boxes)):
-            stem = f"{photo.stem}_face{k}"
+            face = f"{stem}_face{k}"
             verts, cols = mesh.vertices[k].numpy(), mesh.colours[k].clamp(0, 1).numpy()
             tris = rec.mesh_decoder.triangles.numpy()
             for suffix in (".ply", ".obj"):
-                _write(staging / f"{stem}{suffix}", lambda path: _write_mesh(path, verts, tris, cols))
+                _write(staging / f"{face}{suffix}", lambda path: _write_mesh(path, verts, tris, cols))
             crop = crops[k].astype(np.float32) / 255.0
             overlay = render(verts, tris, cols, rec.decoder.camera, crop, cull_back_faces=True).image
             grey = render(verts, tris, shaded_geometry_colours(mesh.normals[k].numpy()), rec.decoder.camera,
                           np.ones_like(crop), cull_back_faces=True).image
             panel = (np.clip(np.concatenate([crop, overlay, grey], 1), 0, 1) * 255).round().astype(np.uint8)
-            _write(staging / f"{stem}_overlay.png", lambda path: _write_png(path, panel))
+            _write(staging / f"{face}_overlay.png", lambda path: _write_png(path, panel))
             parts = rec.decoder.layout.split(codes[k:k + 1])
             params = {"photo": str(photo), "face_index": k, "face_box_xywh": [float(v) for v in box],
                       "crop_from_image": window.transform.tolist(), "checkpoint": str(rec.checkpoint),
@@ -210,11 +248,17 @@ def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path
                                 "translation": f"{rec.decoder.camera.translation_scale_mm} mm per unit"},
                       "code": {name: part[0].tolist() for name, part in parts._asdict().items()}}
             text = json.dumps(params, indent=2).encode()
-            _write(staging / f"{stem}.json", lambda path: write_bytes(path, text))
+            _write(staging / f"{face}.json", lambda path: write_bytes(path, text))
         for path in sorted(staging.iterdir()):
             target = out_dir / path.name
             os.replace(path, target)
             written.append(target)
+        for k in range(len(boxes), 1 << 30):  # faces of an earlier run beyond this one's
+            stale = [out_dir / f"{stem}_face{k}{suffix}" for suffix in FACE_FILE_SUFFIXES]
+            if not any(p.exists() for p in stale):
+                break
+            for p in stale:
+                p.unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return written
@@ -227,9 +271,10 @@ def reconstruct(photos: list[str | Path], out_dir: str | Path, checkpoint: str |
     out_dir = writable_folder(out_dir)
     rec = Reconstructor.from_checkpoint(checkpoint or default_checkpoint())
     faces = failed = 0
-    for photo in photos:
+    photos = photo_files(photos)
+    for photo, stem in zip(photos, output_stems(photos)):
         try:
-            files = reconstruct_photo(rec, photo, out_dir)
+            files = reconstruct_photo(rec, photo, out_dir, stem)
         except MofaError as exc:
             print(f"mofa reconstruct: {exc}", file=sys.stderr, flush=True)
             failed += 1

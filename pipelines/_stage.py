@@ -41,7 +41,11 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise MofaError(f"--set {pair}: expected KEY=VALUE, e.g. face_model.n_shape=10")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise MofaError(f"--set {pair}: the value is not valid YAML ({problem})") from None
     return overrides
 
 
@@ -50,8 +54,11 @@ def setup_logging(log_file: Path | None = None) -> None:
     only rank 0 logs information and writes the file; the other ranks log warnings and errors."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None and ddp.is_main():
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(log_file, mode="w"))
+        except OSError as exc:
+            raise io.write_error(log_file, exc) from None
     logging.basicConfig(level=logging.INFO if ddp.is_main() else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", handlers=handlers, force=True)
@@ -130,7 +137,12 @@ def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: lis
     argv = sys.argv[1:] if argv is None else argv
     argv = argv[1:] if argv[:1] == ["--"] else argv  # as a torchrun that keeps the `--` of relaunch_command passes it
     args = parse_args(description, argv)
-    setup_logging(args.log)
+    try:
+        setup_logging(args.log)
+    except MofaError as exc:
+        setup_logging(None)
+        log.error("stage %s failed: --log %s", stage, exc)
+        return 2
     try:
         cfg = load_config(args.config, parse_overrides(args.overrides))
         if ddp.launched_processes() > 1 and not distributed:

@@ -5,7 +5,6 @@ import json
 import sys
 import textwrap
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

@@ -220,8 +220,10 @@ def test_atomic_write_on_a_full_disk_is_one_line_naming_the_file(full_disk):
 
 def test_atomic_write_under_a_file_names_it(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(MofaError, match=f"^{tmp_path / 'file'}: cannot write"):
-        io.write_text(tmp_path / "file" / "x.txt", "x")
+    blocker = tmp_path / "file"
+    with pytest.raises(MofaError) as error:
+        io.write_text(blocker / "x.txt", "x")
+    assert str(error.value) == f"{blocker / 'x.txt'}: cannot write ({blocker} is a file, not a folder)"
 
 
 def test_atomic_dir_replaces_when_complete_and_removes_when_not(tmp_path):
@@ -357,11 +359,11 @@ def test_a_deleted_intermediate_is_regenerated(killed_and_rerun):
     assert "results/ci/data/synthetic/train/codes.npy" in e1_job.split("reason:")[1]  # and E1 after it
 
 
-def snakemake_error(tmp_path: Path, *args: str) -> str:
+def snakemake_error(tmp_path: Path, *args: str, status: int = 2) -> str:
     result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile",
                              str(REPO_ROOT / "Snakefile"), "--directory", str(tmp_path), *args],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.returncode == status, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if not line.startswith("Using workflow specific profile")]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     return lines[0]
@@ -379,6 +381,31 @@ def test_snakemake_checks_the_config_with_the_projects_messages(tmp_path):
     assert line.startswith(f"mofa: error: {tmp_path / 'a_file'}: is a file, but the results folder")
 
 
+@pytest.mark.parametrize("content, problem", [
+    (None, "cannot read config (No such file or directory)"), ("folder", "cannot read config (Is a directory)"),
+    (b"\xff\xfepreset: ci\n", "not a YAML text file (byte 0 is not UTF-8)"),
+    ("preset: ci\nface_model: [\n", "line 3: not valid YAML"), ("- ci\n", "expected a mapping of config keys, got list")])
+def test_snakemake_reading_a_configfile_it_cannot_gives_the_projects_line(tmp_path, content, problem):
+    """Snakemake reads --configfile before the Snakefile runs; the workflow profile's logger plugin
+    (workflow/logger_plugin) turns its traceback or its own message into the project's one line.
+    Snakemake's exit status stays its own (1)."""
+    config = tmp_path / "preset.yaml"
+    if content == "folder":
+        config.mkdir()
+    elif isinstance(content, bytes):
+        config.write_bytes(content)
+    elif content is not None:
+        config.write_text(content)
+    assert snakemake_error(tmp_path, "--configfile", str(config), status=1).startswith(f"mofa: error: {config.name}: {problem}")
+
+
+def test_the_logger_plugin_reads_the_configfiles_of_a_command_line():
+    from snakemake_logger_plugin_mofa import configfiles
+    assert configfiles(["-n", "--configfile", "a.yaml", "b.yaml", "--cores", "1"]) == ["a.yaml", "b.yaml"]
+    assert configfiles(["--configfiles=a.yaml", "x", "--config", "seed=1"]) == ["a.yaml"]
+    assert configfiles(["--cores", "1", "all"]) == []
+
+
 @pytest.mark.parametrize("content, problem", [(None, "cannot read config (No such file or directory)"),
                                               ("preset: ci\nface_model: [\n", "line 3: not valid YAML")])
 def test_make_reproduce_checks_a_config_snakemake_cannot_read(tmp_path, content, problem):
@@ -393,3 +420,61 @@ def test_make_reproduce_checks_a_config_snakemake_cannot_read(tmp_path, content,
     assert result.stderr.strip().startswith(f"mofa: error: {config.name}: {problem}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "$(BIN)/python -m pipelines._workflow --config $(CONFIG) --unlock-stale" in (REPO_ROOT / "Makefile").read_text()
+
+
+# -- a stage's own flags, and intermediates that are there but unreadable ------------------------------------
+
+def test_a_stage_flag_that_is_bad_is_one_line(tmp_path, capsys, restore_logging):
+    from pipelines import face_model
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for argv, names in ((["--set", "seed=[1,"], ("--set seed=[1,", "not valid YAML")),
+                        (["--log", str(blocker / "stage.log")], (blocker / "stage.log", "is a file, not a folder"))):
+        status = _stage.main(face_model.NAME, face_model.run, "test", ["--config", "ci", *argv])
+        errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+        assert status == 2 and len(errors) == 1, errors
+        for name in names:
+            assert str(name) in errors[0], (name, errors[0])
+
+
+def write_synthetic_split(folder: Path, count: int = 2) -> Path:
+    """A stand-in split: the manifest of `count` images and arrays of that many rows."""
+    from mofa.data.synthetic import ARRAYS, FORMAT_VERSION
+    folder.mkdir(parents=True)
+    io.write_json(folder / "manifest.json", {"format_version": FORMAT_VERSION, "count": count})
+    for name in ARRAYS:
+        io.save_npy(folder / f"{name}.npy", np.zeros((count, 3), np.float32))
+    return folder
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda f: (f / "manifest.json").write_text('{"count": '), "manifest.json: unreadable synthetic-split manifest (not JSON"),
+    (lambda f: (f / "manifest.json").write_text("[2]"), "a JSON list, expected an object"),
+    (lambda f: (f / "images.npy").write_bytes((f / "images.npy").read_bytes()[:100]), "images.npy: unreadable array"),
+    (lambda f: io.save_npy(f / "codes.npy", np.zeros((1, 3))), "codes.npy: unreadable array (shape (1, 3), expected 2 rows"),
+    (lambda f: (f / "vertices.npy").unlink(), "vertices.npy: array missing")])
+def test_a_damaged_synthetic_split_is_one_line_naming_the_file(tmp_path, damage, problem):
+    from mofa.data.synthetic import SyntheticSet
+    folder = write_synthetic_split(tmp_path / "test")
+    damage(folder)
+    with pytest.raises(MofaError) as error:
+        SyntheticSet(folder)
+    assert problem in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_damaged_real_face_folder_is_one_line_naming_the_file(tmp_path):
+    from mofa.realdata.prepare import FORMAT_VERSION, RealFaceSet
+    folder = tmp_path / "aflw2000"
+    folder.mkdir()
+    io.write_json(folder / "summary.json", {"format_version": FORMAT_VERSION})
+    (folder / "manifest.csv").write_text("garbage\n")
+    with pytest.raises(MofaError, match=r"manifest.csv: unreadable real-face manifest \(no column index"):
+        RealFaceSet(folder)
+    (folder / "manifest.csv").write_text("index,id,kept,split,yaw_deg\n0,a,True,eval,1.0\n3,b,True,eval,2.0\n")
+    for name in (*RealFaceSet.ARRAYS, "transforms"):
+        io.save_npy(folder / f"{name}.npy", np.zeros((2, 3), np.float32))
+    with pytest.raises(MofaError, match=r"images.npy: 2 rows, but manifest.csv names row 3"):
+        RealFaceSet(folder)
+    (folder / "summary.json").write_text("{")
+    with pytest.raises(MofaError, match=r"summary.json: unreadable real-face summary \(not JSON"):
+        RealFaceSet(folder)

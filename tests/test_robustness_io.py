@@ -213,7 +213,8 @@ def test_full_disk_fails_the_photo_with_one_line_and_the_batch_goes_on(checkpoin
     one_photo = sum(p.stat().st_size for p in reference.iterdir())
     pages = (one_photo + one_photo // 2) // 4096 + 8
     small = tmp_path / "small"
-    batch = [str(photos[0]), str(photos[1]), str(photos[1])]
+    third = shutil.copy(photos[1], tmp_path / "third.png")  # another file (the same file twice is read once)
+    batch = [str(photos[0]), str(photos[1]), str(third)]
     with tmpfs(small, f"{pages * 4096}") as mounted:
         if not mounted:
             pytest.fail("this test needs a tmpfs (run as root); test_full_disk_injected covers the rest")
@@ -368,3 +369,119 @@ def test_evaluate_table_on_a_full_disk_leaves_no_partial_file(tmp_path, monkeypa
         with pytest.raises(MofaError, match="nme.csv: cannot write \\(No space left on device\\)"):
             write_csv_atomic(frame, target / "nme.csv")
         assert (target / "nme.csv").read_text() == "old\n" and leftovers(target) == []
+
+
+# -- inputs tried in issue 22's second round --------------------------------------------------------------
+
+def test_reconstruct_takes_folders_and_keeps_photos_of_one_name_apart(checkpoint, photos, tmp_path, capsys):
+    """Folders expand to their images; a/x.png and b/x.png write a_x_* and b_x_* (neither overwrites
+    the other); a photo given twice is reconstructed once; a run folder is a checkpoint."""
+    for folder, photo in (("a", photos[0]), ("b", photos[1])):
+        (tmp_path / folder).mkdir()
+        shutil.copy(photo, tmp_path / folder / "x.png")
+    out = tmp_path / "out"
+    result = run(capsys, "reconstruct", str(tmp_path / "a"), str(tmp_path / "b" / "x.png"), str(tmp_path / "a" / "x.png"),
+                 "--out", str(out), "--checkpoint", str(checkpoint.parent))
+    assert result.returncode == 0, result.stderr
+    assert "2 faces reconstructed, 0 photos failed" in result.stdout
+    assert sorted(p.name for p in out.glob("*.json")) == ["a_x_face0.json", "b_x_face0.json"]
+    assert json.loads((out / "a_x_face0.json").read_text())["photo"].endswith(str(Path("a") / "x.png"))
+    assert json.loads((out / "b_x_face0.json").read_text())["photo"].endswith(str(Path("b") / "x.png"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = assert_one_line_error(run(capsys, "reconstruct", str(empty), "--out", str(out), "--checkpoint",
+                                     str(checkpoint)), empty)
+    assert "no image files" in line
+
+
+def test_reconstruct_removes_the_faces_an_earlier_run_found_and_this_one_did_not(checkpoint, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    stem = photos[0].stem
+    stale = [out / f"{stem}_face1{suffix}" for suffix in (".ply", ".obj", "_overlay.png", ".json")]
+    for path in stale:
+        path.write_text("from an earlier run")
+    other = out / f"{stem}_notes.txt"
+    other.write_text("the user's")
+    assert run(capsys, "reconstruct", str(photos[0]), "--out", str(out), "--checkpoint", str(checkpoint)).returncode == 0
+    assert (out / f"{stem}_face0.json").is_file()
+    assert not any(p.exists() for p in stale)
+    assert other.read_text() == "the user's"
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("input_size", "big", "'input_size' is a string, expected an integer"),
+    ("rotation_bound_deg", "x", "'rotation_bound_deg' is a string, expected a number or null"),
+    ("code_layout", [1, 2], "'code_layout' is a list, expected an object"),
+    ("options", 3, "'options' is an integer, expected an object or null")])
+def test_an_encoder_card_entry_of_the_wrong_type_is_one_line(checkpoint, photos, tmp_path, capsys, key, value, problem):
+    shutil.copy(checkpoint, tmp_path / "encoder.pt")
+    card = json.loads(checkpoint.with_name("encoder.json").read_text()) | {key: value}
+    (tmp_path / "encoder.json").write_text(json.dumps(card))
+    line = assert_one_line_error(run(capsys, "reconstruct", str(photos[0]), "--out", str(tmp_path / "out"),
+                                     "--checkpoint", str(tmp_path / "encoder.pt")), tmp_path / "encoder.json")
+    assert problem in line
+
+
+@pytest.mark.parametrize("content", [b"", os.urandom(4096), b"PK\x03\x04" + os.urandom(2000)])
+def test_corrupt_weights_are_one_short_line(checkpoint, photos, tmp_path, capsys, content):
+    (tmp_path / "encoder.pt").write_bytes(content)
+    shutil.copy(checkpoint.with_name("encoder.json"), tmp_path / "encoder.json")
+    line = assert_one_line_error(run(capsys, "reconstruct", str(photos[0]), "--out", str(tmp_path / "out"),
+                                     "--checkpoint", str(tmp_path / "encoder.pt")), tmp_path / "encoder.pt")
+    assert "unreadable weights" in line and len(line) < 400
+
+
+def test_evaluate_encoder_flag_that_contradicts_the_card(checkpoint, aflw_folder, capsys):
+    line = assert_one_line_error(run(capsys, "evaluate", "aflw2000", "--root", str(aflw_folder), "--checkpoint",
+                                     str(checkpoint), "--encoder", "dlib_resnet"), checkpoint.with_name("encoder.json"))
+    assert "alexnet encoder" in line
+
+
+@pytest.mark.parametrize("args", [["bench", "train", "--batch", "0"], ["bench", "decoder", "--images", "-2"],
+                                  ["evaluate", "aflw2000", "--root", ".", "--checkpoint", "x.pt", "--limit", "0"],
+                                  ["evaluate", "aflw2000", "--root", ".", "--checkpoint", "x.pt", "--input-size", "0"],
+                                  ["detection-rate", "--limit", "0"], ["bench", "train", "--processes", "two"]])
+def test_counts_and_sizes_below_one_are_refused_by_the_parser(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "must be at least 1" in message or "is not a whole number" in message
+
+
+def test_a_config_that_is_not_utf8_text_is_one_line(tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_bytes(b"\xff\xfepreset: ci\n")
+    line = assert_one_line_error(run(capsys, "model-info", "ict", "--config", str(config)), config)
+    assert "not a YAML text file" in line
+
+
+def test_mediapipe_start_up_says_nothing(checkpoint, cache, photos, tmp_path):
+    """MediaPipe's C++ side logs to fd 2 when its graph starts; a user sees only the tool's lines."""
+    result = mofa("reconstruct", str(photos[0]), "--out", str(tmp_path / "out"), "--checkpoint", str(checkpoint),
+                  env={**ENV, "MOFA_CACHE_DIR": str(cache)})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+
+def test_a_cut_short_face_model_cache_is_built_again(ict_dir, tmp_path, monkeypatch, caplog):
+    from mofa.facemodel import build_face_model, cache_path
+    from mofa.settings import load_settings
+    monkeypatch.setenv("MOFA_CACHE_DIR", str(tmp_path))
+    fm = load_settings("ci").face_model
+    expected = build_face_model(fm)
+    path = cache_path(fm)
+    path.write_bytes(path.read_bytes()[:1000])
+    again = build_face_model(fm)
+    assert np.array_equal(again.mean_shape, expected.mean_shape)
+    assert "not a readable face-model .npz" in caplog.text
+    assert np.array_equal(build_face_model(fm).mean_shape, expected.mean_shape)  # the rewritten cache reads
+
+
+def test_a_cache_folder_that_is_a_file_names_it(ict_dir, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file")
+    monkeypatch.setenv("MOFA_CACHE_DIR", str(blocker))
+    line = assert_one_line_error(run(capsys, "model-info", "ict", "--config", "ci", "--rebuild"), blocker)
+    assert f"{blocker} is a file, not a folder" in line

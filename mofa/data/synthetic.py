@@ -39,7 +39,7 @@ from mofa.decoder import AMBIENT_OFFSET, Decoder, PinholeCamera
 from mofa.decoder.layout import CodeLayout
 from mofa.errors import MofaError
 from mofa.facemodel.model import FaceModel
-from mofa.io import atomic_dir
+from mofa.io import atomic_dir, load_npy, read_json
 from mofa.render.raycast import render
 
 if TYPE_CHECKING:
@@ -371,10 +371,12 @@ class SyntheticSet:
         manifest = self.folder / "manifest.json"
         if not manifest.is_file():
             raise MofaError(f"{self.folder}: not a synthetic split (no manifest.json); run the synthetic stage")
-        self.manifest = json.loads(manifest.read_text())
+        self.manifest = read_json(manifest, "synthetic-split manifest")
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise MofaError(f"{manifest}: format {self.manifest.get('format_version')}, expected {FORMAT_VERSION}")
-        self.arrays = {k: np.load(self.folder / f"{k}.npy", mmap_mode="r") for k in ARRAYS}
+        if not isinstance(self.manifest.get("count"), int):
+            raise MofaError(f"{manifest}: no image count; delete the split and run the synthetic stage again")
+        self.arrays = {k: load_npy(self.folder / f"{k}.npy", rows=self.manifest["count"]) for k in ARRAYS}
 
     def __len__(self) -> int:
         return int(self.manifest["count"])

@@ -14,14 +14,32 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mofa.errors import MofaError
+from mofa.errors import MofaError, one_line
 
 if TYPE_CHECKING:
     from mofa.settings import Settings
 
 CARD = "encoder.json"
-# Keys without which the card cannot rebuild the encoder and its decoder.
-REQUIRED = ("encoder", "code_layout", "input_size", "rotation_bound_deg", "face_model", "camera", "light", "preset")
+WEIGHTS = "encoder.pt"
+# Keys without which the card cannot rebuild the encoder and its decoder, with the JSON types they take.
+REQUIRED = {"encoder": (str,), "code_layout": (dict,), "input_size": (int,), "rotation_bound_deg": (int, float, type(None)),
+            "face_model": (dict,), "camera": (dict,), "light": (dict,), "preset": (str,)}
+OPTIONAL = {"module": (str, type(None)), "options": (dict, type(None)), "init": (str,)}
+_JSON_NAMES = {str: "a string", dict: "an object", int: "an integer", float: "a number", type(None): "null",
+               list: "a list", bool: "true or false"}
+
+
+def _type_problem(key: str, value: object, allowed: tuple[type, ...]) -> str | None:
+    """What is wrong with a card entry's JSON type or value, or None."""
+    if isinstance(value, bool) or not isinstance(value, allowed):  # JSON true is no number, as Python's is
+        named = [_JSON_NAMES[t] for t in allowed if not (t is int and float in allowed)]  # an int is a number
+        return f"'{key}' is {_JSON_NAMES.get(type(value), type(value).__name__)}, expected {' or '.join(named)}"
+    if key == "code_layout" and not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                        for n in value.values()):
+        return "'code_layout' must map each code part to a whole number of entries"
+    if key == "input_size" and value < 1:
+        return f"'input_size' is {value}, expected a positive number of pixels"
+    return None
 
 
 def card_path(weights: str | Path) -> Path:
@@ -63,7 +81,17 @@ def read_card(path: str | Path, required: bool = False) -> dict:
     if missing:
         raise MofaError(f"{path}: encoder card without {', '.join(missing)}; it is written by training "
                         "(mofa.encoders.card.write_card)")
+    for key, allowed in (REQUIRED | OPTIONAL).items():
+        problem = _type_problem(key, card[key], allowed) if key in card else None
+        if problem:
+            raise MofaError(f"{path}: not a valid encoder card ({problem})")
     return card
+
+
+def weights_path(checkpoint: str | Path) -> Path:
+    """The weights a --checkpoint names: the file itself, or a run folder's encoder.pt."""
+    checkpoint = Path(checkpoint)
+    return checkpoint / WEIGHTS if checkpoint.is_dir() else checkpoint
 
 
 def rotation_bound_rad(degrees: float | None) -> float | None:
@@ -76,12 +104,14 @@ def read_weights(path: str | Path) -> tuple[dict, dict | None]:
     bare state dict) or a trainer checkpoint.pt ({'encoder', 'settings', ...}); a MofaError naming
     the file when it is missing or unreadable."""
     path = Path(path)
+    if path.is_dir():
+        raise MofaError(f"{path}: a folder without {WEIGHTS}; pass the weights file or a training run's folder")
     if not path.is_file():
         raise MofaError(f"{path}: checkpoint not found (run `make reproduce` or pass --checkpoint)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise MofaError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc}); delete it to start over") from None
+        raise MofaError(f"{path}: unreadable weights, corrupt or not a PyTorch file ({one_line(exc)})") from None
     if isinstance(state, dict) and "encoder" in state and "settings" in state:
         return state["encoder"], state["settings"]
     return state, None
@@ -96,5 +126,6 @@ def load_weights(encoder: torch.nn.Module, state: Mapping, path: str | Path, nam
         detail = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
                       lines[0])
         raise MofaError(f"{path}: not weights of a '{name}' encoder for this face model's code "
-                        f"({type(exc).__name__}: {detail[:300]}); check the encoder name and the config") from None
+                        f"({type(exc).__name__}: {detail[:200]}{'...' if len(detail) > 200 else ''}); "
+                        "check the encoder name and the config") from None
     return encoder

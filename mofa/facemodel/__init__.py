@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mofa.errors import MofaError
+from mofa.io import reason
 from mofa.facemodel.model import FORMAT_VERSION, FaceModel
 
 if TYPE_CHECKING:
@@ -73,14 +74,20 @@ def build_face_model(fm: "FaceModelSettings", rebuild: bool = False) -> FaceMode
     """The full face model of the face_model settings, from its cache when present, else built and cached."""
     path = cache_path(fm)
     if path.exists() and not rebuild:
-        log.info("face model: read %s", path)
-        return FaceModel.load(path)
-    log.info("face model: building %s (first time; cached afterwards)", fm.name)
+        try:
+            model = FaceModel.load(path)
+        except MofaError as exc:  # a cut-short or foreign file: the cache is rebuilt, never trusted
+            log.warning("face model: %s; building it again", exc)
+        else:
+            log.info("face model: read %s", path)
+            return model
+    else:
+        log.info("face model: building %s (first time; cached afterwards)", fm.name)
     model = load_face_model(fm)
     try:
         model.save(path)
     except OSError as exc:
-        raise MofaError(f"{path}: cannot write the face-model cache ({exc.strerror}); set {CACHE_ENV_VAR} "
+        raise MofaError(f"{path}: cannot write the face-model cache ({reason(path, exc)}); set {CACHE_ENV_VAR} "
                         "to a writable folder") from None
     log.info("face model: wrote %s", path)
     return model

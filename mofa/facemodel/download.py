@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mofa.errors import MofaError
+from mofa.io import write_error
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +116,18 @@ def download_ict(dest_dir: str | os.PathLike, url: str = PINNED_URL, checksum: s
         if is_ict_dir(dest) and content_checksum(dest) == checksum:
             return dest
         raise MofaError(f"{dest}: exists but is not the pinned ICT-FaceKit copy; delete it to download again")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".zip.part")
-    os.close(fd)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".zip.part")
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(dest, exc) from None
     archive = Path(tmp_name)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".extract"))
+    try:
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".extract"))
+    except OSError as exc:
+        archive.unlink(missing_ok=True)
+        raise write_error(dest, exc) from None
     try:
         log.info("downloading ICT-FaceKit from %s", url)
         _fetch(url, archive, timeout)

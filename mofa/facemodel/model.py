@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mofa.errors import MofaError
+from mofa.errors import MofaError, one_line
 from mofa.io import save_npz
 
 FORMAT_VERSION = 1
@@ -234,4 +234,4 @@ class FaceModel:
         except FileNotFoundError:
             raise MofaError(f"{path}: face-model file not found") from None
         except Exception as exc:  # zip, key or dtype trouble: the file is not a model cache
-            raise MofaError(f"{path}: not a readable face-model .npz ({type(exc).__name__}: {exc})") from None
+            raise MofaError(f"{path}: not a readable face-model .npz ({one_line(exc)})") from None

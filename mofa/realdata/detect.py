@@ -12,9 +12,13 @@ A crop is described by an affine transform T (2, 3), crop <- image: crop_px = T[
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
+import os
+import sys
+import warnings
 
 import cv2
 import numpy as np
@@ -63,16 +67,44 @@ TILE_FRACTION = 0.6
 running it again on 2 x 2 overlapping tiles of this fraction of each side."""
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """fd 2 to /dev/null for the block: MediaPipe's C++ start-up (TFLite's 'Created TensorFlow Lite
+    XNNPACK delegate', absl's feedback-manager warnings) writes there past Python's logging. Failures
+    still arrive as Python exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _protobuf_deprecation_ignored():
+    """MediaPipe's solutions call a protobuf API that warns on every image; the warning is theirs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype", category=UserWarning)
+        yield
+
+
 @functools.lru_cache(maxsize=2)
 def _blazeface(model_selection: int, min_score: float):
-    import mediapipe as mp
-    return mp.solutions.face_detection.FaceDetection(model_selection=model_selection,
-                                                     min_detection_confidence=min_score)
+    with _protobuf_deprecation_ignored(), _native_stderr_silenced():
+        import mediapipe as mp
+        detector = mp.solutions.face_detection.FaceDetection(model_selection=model_selection,
+                                                             min_detection_confidence=min_score)
+        detector.process(np.zeros((64, 64, 3), np.uint8))  # the graph starts (and talks) on its first image
+    return detector
 
 
 def _blazeface_boxes(rgb: np.ndarray, model_selection: int, min_score: float) -> tuple[np.ndarray, np.ndarray]:
     h, w = rgb.shape[:2]
-    found = _blazeface(model_selection, min_score).process(np.ascontiguousarray(rgb)).detections or []
+    with _protobuf_deprecation_ignored():
+        found = _blazeface(model_selection, min_score).process(np.ascontiguousarray(rgb)).detections or []
     boxes = [(d.location_data.relative_bounding_box.xmin * w, d.location_data.relative_bounding_box.ymin * h,
               d.location_data.relative_bounding_box.width * w, d.location_data.relative_bounding_box.height * h)
              for d in found]

@@ -141,7 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read from MOFA_AFLW2000_DIR / MOFA_IBUG68_DIR")
     parser.add_argument("--detectors", nargs="+", default=["haar", "haar_nms", "mediapipe", "mediapipe_short",
                                                            "dlib_hog"], choices=DETECTORS)
-    parser.add_argument("--limit", type=int, help="the first N images of each dataset only")
+    from mofa.cli import positive_int
+    parser.add_argument("--limit", type=positive_int, help="the first N images of each dataset only")
     parser.add_argument("--per-image", action="store_true", help="also print each image's counts")
 
 

@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from mofa.errors import MofaError
+from mofa import io
 from mofa.io import atomic_dir
 from mofa.landmarks import N_LANDMARKS
 from mofa.metrics import nme_aflw2000, nme_table, summarise
@@ -289,15 +290,20 @@ class RealFaceSet:
         summary_path = self.folder / "summary.json"
         if not summary_path.is_file():
             raise MofaError(f"{self.folder}: not a prepared real-face folder (no summary.json); run the preparation")
-        self.summary = json.loads(summary_path.read_text())
+        self.summary = io.read_json(summary_path, "real-face summary")
         if self.summary.get("format_version") != FORMAT_VERSION:
             raise MofaError(f"{summary_path}: format {self.summary.get('format_version')}, expected {FORMAT_VERSION}; "
                             "prepare the folder again")
-        manifest = pd.read_csv(self.folder / "manifest.csv", keep_default_na=True)
+        manifest = io.read_csv(self.folder / "manifest.csv", ("index", "id", "kept", "split", "yaw_deg"),
+                               "real-face manifest", keep_default_na=True)
         kept = manifest[manifest.kept.astype(bool)].sort_values("index")
         self.manifest = kept if split == "all" else kept[kept.split == split]
         self.rows = self.manifest["index"].to_numpy(np.int64)
-        self.arrays = {k: np.load(self.folder / f"{k}.npy", mmap_mode="r") for k in (*self.ARRAYS, "transforms")}
+        self.arrays = {k: io.load_npy(self.folder / f"{k}.npy") for k in (*self.ARRAYS, "transforms")}
+        for name, array in self.arrays.items():
+            if len(self.rows) and self.rows.max() >= len(array):
+                raise MofaError(f"{self.folder / name}.npy: {len(array)} rows, but manifest.csv names row "
+                                f"{self.rows.max()}; delete the folder and prepare it again")
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mofa.config import schema_default
-from mofa.errors import MofaError
+from mofa.errors import MofaError, one_line
 from mofa.io import torch_save, write_text
 from mofa.losses import LossWeights, mofa_loss, with_fitted_light
 from mofa.training.distributed import World
@@ -157,7 +157,7 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise MofaError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc}); delete it to start over") from None
+        raise MofaError(f"{path}: unreadable checkpoint ({one_line(exc)}); delete it to start over") from None
 
 
 OPTIMISERS = ("adadelta", "adam")
