@@ -160,7 +160,7 @@ def cmd_detection_rate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from mofa.config import load_config, results_dir
+    from mofa.config import load_config, presets, results_dir
     from mofa.results import format_value, main_table
     from mofa.scorecard import read_tables, scorecard
 
@@ -173,8 +173,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     print("\nours beside the paper's (paper_*)")
     print(table.apply(lambda column: column.map(format_value)).to_string(index=False))
     report = root / "report.html"
+    config = f"config/{args.preset}.yaml" if args.preset in presets() else args.preset
     print(f"full report: {report}" if report.is_file() else
-          f"no {report} yet: snakemake --cores all --configfile config/{args.preset}.yaml report")
+          f"no {report} yet: snakemake --cores all --configfile {config} report")
 
 
 def positive_int(text: str) -> int:
@@ -256,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         status = args.func(args)
+        sys.stdout.flush()  # here, not at exit, so that a reader that has gone is caught below
+    except BrokenPipeError:  # `mofa report | head`: the reader has gone; nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a writer the pipe stopped
     except MofaError as exc:
         print(f"mofa: error: {exc}", file=sys.stderr)
         return 2

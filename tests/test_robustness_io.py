@@ -485,3 +485,25 @@ def test_a_cache_folder_that_is_a_file_names_it(ict_dir, tmp_path, capsys, monke
     monkeypatch.setenv("MOFA_CACHE_DIR", str(blocker))
     line = assert_one_line_error(run(capsys, "model-info", "ict", "--config", "ci", "--rebuild"), blocker)
     assert f"{blocker} is a file, not a folder" in line
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(cache):
+    """`mofa model-info ict | head -0`: the pipe is closed before mofa writes; no traceback, no error
+    line, exit status 141 (128 + SIGPIPE) as a shell reports such a writer."""
+    process = subprocess.Popen([sys.executable, "-m", "mofa.cli", "model-info", "ict", "--config", "ci"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**ENV, "MOFA_CACHE_DIR": str(cache)})
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, stderr
+    assert stderr.strip() == "", stderr
+
+
+def test_detection_rate_where_no_image_can_be_scored_says_so(tmp_path, capsys, monkeypatch):
+    (tmp_path / "takeo.ppm").write_text("not an image")
+    shutil.copy(ibug_folder() / "takeo.pts", tmp_path / "takeo.pts")
+    monkeypatch.setenv("MOFA_IBUG68_DIR", str(tmp_path))
+    result = run(capsys, "detection-rate", "--datasets", "ibug68", "--detectors", "haar")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = error_lines(result.stderr)
+    assert lines[0].startswith(f"mofa detection-rate: {tmp_path / 'takeo.ppm'}: skipped, not a readable image")
+    assert lines[-1] == f"mofa: error: {tmp_path}: none of the 1 ibug68 images could be scored (each skipped above, with its reason)"

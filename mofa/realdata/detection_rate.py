@@ -154,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
     for dataset in args.datasets:
         samples = list(adapter_for(dataset)(root_from_env(dataset)))[: args.limit]
         per_image = detection_rate(samples, args.detectors)
+        if per_image.empty:
+            raise MofaError(f"{root_from_env(dataset)}: none of the {len(samples)} {dataset} images could be "
+                            "scored (each skipped above, with its reason)")
         if args.per_image:
             print(per_image.to_string(index=False, float_format=lambda v: f"{v:.0f}"))
         tables.append(summary_table(per_image, dataset))
