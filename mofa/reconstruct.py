@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -31,6 +32,8 @@ from mofa.realdata.crop_policy import CropPolicy
 log = logging.getLogger(__name__)
 # E3's table, whose best variant on the AFLW2000 eval split `mofa reconstruct` uses by default.
 E3_TABLE = Path("tables") / "e3_variants.csv"
+FACE_FILE_SUFFIXES = (".ply", ".obj", "_overlay.png", ".json")  # a face's files: <stem>_face<k><suffix>
+OVERLAY = re.compile(r".+_face\d+_overlay\.png")
 
 
 @dataclass
@@ -160,12 +163,12 @@ def _write(path: Path, writer: Callable[[Path], None]) -> None:
 
 def photo_files(photos: list[str | Path]) -> list[Path]:
     """The photos to reconstruct, in order: each file as given, each folder's image files (sorted,
-    not recursive; IMAGE_SUFFIXES), each file once. A folder without images, or a missing path, stays
+    not recursive; IMAGE_SUFFIXES; not the overlays an earlier run wrote there), each file once. A folder without images, or a missing path, stays
     in the list for `reconstruct_photo` to report."""
     files: list[Path] = []
     for photo in map(Path, photos):
-        found = sorted(p for p in photo.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()) \
-            if photo.is_dir() else []
+        found = sorted(p for p in photo.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                       and not OVERLAY.fullmatch(p.name)) if photo.is_dir() else []
         files += found or [photo]
     unique: dict[Path, Path] = {}
     for photo in files:
@@ -185,9 +188,6 @@ def output_stems(photos: list[Path]) -> list[str]:
         for k in clash:
             stems[k] = "_".join(resolved[k].parent.relative_to(common).parts + (stem,))
     return [f"{s}_{p.suffix.lstrip('.')}" if stems.count(s) > 1 else s for p, s in zip(photos, stems)]
-
-
-FACE_FILE_SUFFIXES = (".ply", ".obj", "_overlay.png", ".json")  # a face's files: <stem>_face<k><suffix>
 
 
 def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path, stem: str | None = None) -> list[Path]:

@@ -412,3 +412,24 @@ def test_real_face_set_batches_like_the_synthetic_set(prepared):
         RealFaceSet(out, "test")
     with pytest.raises(MofaError, match="not a prepared real-face folder"):
         RealFaceSet(out.parent, "all")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_exif_orientation_is_applied_as_pillow_applies_it(tmp_path, orientation, suffix):
+    """A phone photo stored sideways with an EXIF orientation reads as it is shown: the same pixels as
+    Pillow's ImageOps.exif_transpose (the reference) of the same file."""
+    from PIL import Image, ImageOps
+    rng = np.random.default_rng(orientation)
+    stored = np.kron(rng.integers(0, 256, (5, 7, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # blocks: JPEG-safe
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"photo{suffix}"
+    Image.fromarray(stored).save(path, exif=exif, **({"quality": 100, "subsampling": 0} if suffix == ".jpg" else {}))
+    with Image.open(path) as image:
+        expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB")).astype(int)
+    got = FrameReader().read(path).astype(int)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= (0 if suffix == ".png" else 2)  # two JPEG decoders
+    if orientation in (5, 6, 7, 8):
+        assert got.shape[:2] == stored.shape[1::-1]

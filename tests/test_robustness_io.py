@@ -387,6 +387,11 @@ def test_reconstruct_takes_folders_and_keeps_photos_of_one_name_apart(checkpoint
     assert sorted(p.name for p in out.glob("*.json")) == ["a_x_face0.json", "b_x_face0.json"]
     assert json.loads((out / "a_x_face0.json").read_text())["photo"].endswith(str(Path("a") / "x.png"))
     assert json.loads((out / "b_x_face0.json").read_text())["photo"].endswith(str(Path("b") / "x.png"))
+    for _ in range(2):  # into the photos' own folder, twice: the overlays written there are not photos
+        result = run(capsys, "reconstruct", str(tmp_path / "a"), "--out", str(tmp_path / "a"), "--checkpoint",
+                     str(checkpoint))
+        assert "1 face reconstructed, 0 photos failed" in result.stdout, result.stdout + result.stderr
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.json")) == ["x_face0.json"]
     empty = tmp_path / "empty"
     empty.mkdir()
     line = assert_one_line_error(run(capsys, "reconstruct", str(empty), "--out", str(out), "--checkpoint",

@@ -2,7 +2,8 @@
 
 Images are read with cv2.imread(IMREAD_UNCHANGED) so that the conversion is ours and explicit:
 greyscale is replicated, alpha is dropped, 16-bit is scaled by 1/257 (65535 -> 255), floats are
-taken as [0, 1]. EXIF orientation is not applied (the corpora read here carry none).
+taken as [0, 1]. A still's EXIF orientation (a phone photo taken upright is stored sideways with
+orientation 6 or 8) is applied, so that faces stand as the photo is shown; the corpora here carry none.
 """
 from __future__ import annotations
 
@@ -16,18 +17,33 @@ class UnreadableImage(Exception):
     """The file is missing, or neither OpenCV's image nor its video decoder can read it."""
 
 
-def check_complete(path: str | Path) -> None:
-    """UnreadableImage when Pillow knows the file's format but cannot decode all of it: OpenCV decodes a
-    truncated JPEG without an error (the missing rows come out grey). Formats Pillow does not know pass."""
+EXIF_ORIENTATION = 0x0112
+
+
+def check_complete(path: str | Path) -> int:
+    """The file's EXIF orientation (1-8; 1 where it has none); UnreadableImage when Pillow knows the
+    file's format but cannot decode all of it: OpenCV decodes a truncated JPEG without an error (the
+    missing rows come out grey). Formats Pillow does not know pass, as orientation 1."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image.load()
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except UnidentifiedImageError:
-        return
+        return 1
     except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImage(f"not a readable image (truncated or corrupt: {exc})") from None
+    return orientation if orientation in range(1, 9) else 1
+
+
+def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W, ...) stored pixels -> as shown, for EXIF orientation 1-8 (2: mirrored; 3: upside down;
+    4: flipped; 5: transposed; 6: stored turned 90 deg anticlockwise; 7: transversed; 8: turned clockwise)."""
+    turned = {1: pixels, 2: pixels[:, ::-1], 3: pixels[::-1, ::-1], 4: pixels[::-1],
+              5: np.swapaxes(pixels, 0, 1), 6: np.rot90(pixels, -1), 7: np.swapaxes(pixels, 0, 1)[::-1, ::-1],
+              8: np.rot90(pixels, 1)}[orientation]
+    return np.ascontiguousarray(turned)
 
 
 def to_rgb8(pixels: np.ndarray) -> np.ndarray:
@@ -67,8 +83,8 @@ class FrameReader:
             pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if pixels is None or pixels.size == 0:
                 raise UnreadableImage("not a readable image (corrupt, truncated or not an image format)")
-            check_complete(path)  # OpenCV fills the missing part of a truncated JPEG with grey, silently
-            return to_rgb8(pixels)
+            orientation = check_complete(path)  # OpenCV fills a truncated JPEG's missing part with grey
+            return apply_orientation(to_rgb8(pixels), orientation)
         return to_rgb8(self._frame(path, frame_index))
 
     def _frame(self, path: Path, frame_index: int) -> np.ndarray:
