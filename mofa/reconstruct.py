@@ -26,8 +26,8 @@ import torch
 
 from mofa import io
 from mofa.errors import MofaError, one_line
-from mofa.realdata.adapters import IMAGE_SUFFIXES
 from mofa.realdata.crop_policy import CropPolicy
+from mofa.realdata.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 # E3's table, whose best variant on the AFLW2000 eval split `mofa reconstruct` uses by default.
@@ -162,9 +162,9 @@ def _write(path: Path, writer: Callable[[Path], None]) -> None:
 
 
 def photo_files(photos: list[str | Path]) -> list[Path]:
-    """The photos to reconstruct, in order: each file as given, each folder's image files (sorted,
-    not recursive; IMAGE_SUFFIXES; not the overlays an earlier run wrote there), each file once. A folder without images, or a missing path, stays
-    in the list for `reconstruct_photo` to report."""
+    """The photos to reconstruct, in order: each file as given, each folder's image files (sorted, not
+    recursive; IMAGE_SUFFIXES; not the overlays an earlier run wrote there), each file once. A folder
+    without images, or a missing path, stays in the list for `reconstruct_photo` to report."""
     files: list[Path] = []
     for photo in map(Path, photos):
         found = sorted(p for p in photo.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
@@ -190,7 +190,8 @@ def output_stems(photos: list[Path]) -> list[str]:
     return [f"{s}_{p.suffix.lstrip('.')}" if stems.count(s) > 1 else s for p, s in zip(photos, stems)]
 
 
-def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path, stem: str | None = None) -> list[Path]:
+def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path,
+                      stem: str | None = None) -> list[Path]:
     """Reconstruct every face found in one photo into <stem>_face<k>.* (stem: the photo's own by
     default); returns the files written. Files of faces a previous run of the same stem found and
     this one did not are removed. MofaError when the photo is unreadable or holds no face."""

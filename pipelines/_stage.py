@@ -164,6 +164,9 @@ def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: lis
         where = f"{exc.filename}: " if exc.filename else ""
         log.error("stage %s failed: %s%s", stage, where, exc.strerror or exc)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C (Snakemake passes it on): what was written whole stays, nothing partial
+        log.error("stage %s interrupted", stage)
+        return 130
     except Exception:
         log.exception("stage %s failed", stage)  # a bug: the traceback, also in the stage's own log
         return 1

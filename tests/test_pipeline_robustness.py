@@ -478,3 +478,14 @@ def test_a_damaged_real_face_folder_is_one_line_naming_the_file(tmp_path):
     (folder / "summary.json").write_text("{")
     with pytest.raises(MofaError, match=r"summary.json: unreadable real-face summary \(not JSON"):
         RealFaceSet(folder)
+
+
+def test_a_stage_interrupted_by_ctrl_c_says_so_in_one_line(tmp_path, capsys, restore_logging):
+    def interrupted(cfg):
+        with io.atomic_dir(tmp_path / "out") as partial:
+            (partial / "half.npy").write_bytes(b"x")
+            raise KeyboardInterrupt
+    status = _stage.main("synthetic", interrupted, "test", ["--config", "ci", "--set", f"results_dir={tmp_path}"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert status == 130 and errors and errors[-1].endswith("stage synthetic interrupted")
+    assert "Traceback" not in "".join(errors) and sorted(p.name for p in tmp_path.iterdir()) == ["ci"]

@@ -113,7 +113,7 @@ def test_backgrounds_cover_every_kind(tmp_path):
     for t in (np.random.default_rng(1).random((8, 8), dtype=np.float32), np.linspace(0, 1, 64).reshape(8, 8)):
         np.testing.assert_array_equal(_blend(a, b, t), (a + t[..., None] * (b - a)).astype(np.float32))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MofaError, match="holds no images"):
+    with pytest.raises(MofaError, match="holds no readable images"):
         list_images(tmp_path / "empty")
 
 
@@ -137,3 +137,17 @@ def test_generator_uses_the_configured_ambient_offset(small_face_model, tmp_path
     face = np.abs(a - b).sum(-1) > 0  # only face pixels differ (same backgrounds)
     assert face.mean() > 0.05
     assert b[face].mean() > a[face].mean() + 10
+
+
+def test_background_files_that_are_no_images_are_left_out_with_their_reason(tmp_path, caplog):
+    import cv2
+
+    from mofa.data.backgrounds import list_images
+    cv2.imwrite(str(tmp_path / "b.png"), np.full((16, 16, 3), 90, np.uint8))
+    (tmp_path / "a.jpg").write_text("not an image")
+    (tmp_path / "c.png").write_bytes(b"")
+    assert list_images(tmp_path) == [tmp_path / "b.png"]
+    assert "skipping" in caplog.text and str(tmp_path / "a.jpg") in caplog.text and str(tmp_path / "c.png") in caplog.text
+    (tmp_path / "b.png").unlink()
+    with pytest.raises(MofaError, match="holds no readable images"):
+        list_images(tmp_path)

@@ -4,14 +4,16 @@ Every function takes a NumPy Generator and returns (H, W, 3) float32 linear RGB 
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from mofa.errors import MofaError
+from mofa.realdata.images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+log = logging.getLogger(__name__)
 KINDS = ("procedural", "noise", "colour_field", "folder")
 
 
@@ -59,13 +61,20 @@ def _blend(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files in a folder (recursively), sorted, so choices are deterministic."""
+    """Image files in a folder (recursively), sorted, so choices are deterministic. A file whose first
+    bytes are no image format OpenCV reads (empty, text, cut off before its header) is left out with
+    its reason in the log."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MofaError(f"synthetic.background_folder: {folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        if cv2.haveImageReader(str(path)):
+            files.append(path)
+        else:
+            log.warning("background folder: skipping %s: not an image OpenCV reads", path)
     if not files:
-        raise MofaError(f"synthetic.background_folder: {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise MofaError(f"synthetic.background_folder: {folder} holds no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
 
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from mofa.errors import MofaError
 from mofa.landmarks import N_LANDMARKS
+from mofa.realdata.images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")  # stills read here
+
 
 class UnreadableImage(Exception):
     """The file is missing, or neither OpenCV's image nor its video decoder can read it."""
