@@ -62,7 +62,7 @@ for name in STAGES:
         benchmark:
             stage_benchmark(name)
         shell:
-            "{params.command} --log {log}"
+            "{params.command} --log {log:q}"
 
     # `--list-rules` shows the description; a rule's docstring can only be a string literal
     workflow.get_rule(name).docstring = STAGES[name].description

@@ -399,6 +399,23 @@ def test_snakemake_reading_a_configfile_it_cannot_gives_the_projects_line(tmp_pa
     assert snakemake_error(tmp_path, "--configfile", str(config), status=1).startswith(f"mofa: error: {config.name}: {problem}")
 
 
+def test_a_target_after_config_entries_is_one_line(tmp_path):
+    line = snakemake_error(tmp_path, "--configfile", str(REPO_ROOT / "config" / "ci.yaml"), "--config", "seed=1",
+                           "face_model", status=1)
+    assert line.startswith("mofa: error: --config: Invalid config definition") and "'face_model'" in line
+
+
+def test_a_results_folder_with_a_space_reaches_the_stage_whole(tmp_path):
+    """The rule's shell line quotes the log path (a results_dir with a space split it in two)."""
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--snakefile",
+                             str(REPO_ROOT / "Snakefile"), "--directory", str(tmp_path), "face_model",
+                             "--configfile", str(REPO_ROOT / "config" / "ci.yaml"),
+                             "--config", f"results_dir={tmp_path / 'with space'}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"--log '{tmp_path / 'with space' / 'ci' / 'logs' / 'face_model.log'}'" in result.stdout + result.stderr
+
+
 def test_the_logger_plugin_reads_the_configfiles_of_a_command_line():
     from snakemake_logger_plugin_mofa import configfiles
     assert configfiles(["-n", "--configfile", "a.yaml", "b.yaml", "--cores", "1"]) == ["a.yaml", "b.yaml"]

@@ -1,5 +1,6 @@
 """Snakemake's console output for MoFA-Bench: what Snakemake's default handler writes, except the errors
-Snakemake raises while it reads a --configfile, which become the project's own one-line message.
+Snakemake raises while it reads a --configfile, which become the project's own one-line message, and
+its traceback for a `--config` entry that is not KEY=VALUE, which becomes one line.
 
 Snakemake reads --configfile in its command line, before any workflow code runs, and reports a missing
 file, a folder or a non-UTF-8 file with a Python traceback, and a malformed one in its own words; the
@@ -25,6 +26,8 @@ from snakemake_interface_logger_plugins.common import LogEvent
 LOADER = "snakemake/common/configfile.py"
 WORKFLOW_ERRORS = ("Config file is not valid JSON or YAML", "Config file must be given as JSON or YAML")
 CONFIGFILE_FLAGS = ("--configfile", "--configfiles")
+# Snakemake's parser of `--config KEY=VALUE ...`, which takes a target written after it for an entry.
+CONFIG_PARSER = "parse_key_value_arg"
 
 
 def configfiles(argv: list[str]) -> list[str]:
@@ -51,6 +54,15 @@ def is_configfile_error(record: logging.LogRecord) -> bool:
     return LOADER in text.replace("\\", "/") or any(problem in text for problem in WORKFLOW_ERRORS)
 
 
+def config_argument_message(record: logging.LogRecord) -> str | None:
+    """One line for Snakemake's traceback of a `--config` entry that is not KEY=VALUE, or None."""
+    text = record.getMessage()
+    if record.levelno < logging.ERROR or CONFIG_PARSER not in text:
+        return None
+    reason = [line for line in text.splitlines() if line.strip()][-1].removeprefix("ValueError: ")
+    return f"mofa: error: --config: {reason}; give KEY=VALUE entries, and any target before --config"
+
+
 def project_message(files: list[str]) -> str | None:
     """The project's one-line message for these config files, or None where it finds no problem."""
     try:
@@ -72,11 +84,12 @@ class LogHandler(LogHandlerBase):
                                              stream=sys.stdout if self.common_settings.stdout else sys.stderr)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if is_configfile_error(record):
+        message = config_argument_message(record)
+        if message is None and is_configfile_error(record):
             message = project_message(configfiles(sys.argv[1:]))
-            if message:
-                print(message, file=sys.stderr, flush=True)
-                return
+        if message:
+            print(message, file=sys.stderr, flush=True)
+            return
         self.console.setFormatter(self.formatter)
         self.console.emit(record)
 
