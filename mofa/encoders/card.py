@@ -101,12 +101,13 @@ def rotation_bound_rad(degrees: float | None) -> float | None:
 
 def read_weights(path: str | Path) -> tuple[dict, dict | None]:
     """(state dict, the trainer's settings or None) from encoder weights: a run's final encoder.pt (a
-    bare state dict) or a trainer checkpoint.pt ({'encoder', 'settings', ...}); a MofaError naming
-    the file when it is missing or unreadable."""
-    path = Path(path)
-    if path.is_dir():
-        raise MofaError(f"{path}: a folder without {WEIGHTS}; pass the weights file or a training run's folder")
+    bare state dict; a run folder stands for it) or a trainer checkpoint.pt ({'encoder', 'settings',
+    ...}); a MofaError naming the file when it is missing or unreadable."""
+    given = Path(path)
+    path = weights_path(given)
     if not path.is_file():
+        if given.is_dir():
+            raise MofaError(f"{given}: a folder without {WEIGHTS}; pass the weights file or a training run's folder")
         raise MofaError(f"{path}: checkpoint not found (run `make reproduce` or pass --checkpoint)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
