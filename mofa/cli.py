@@ -95,8 +95,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     args.checkpoint = weights_path(args.checkpoint)
     card = read_card(card_path(args.checkpoint))
     if args.encoder and card.get("encoder") not in (None, args.encoder):
-        raise MofaError(f"--encoder {args.encoder}: the checkpoint's {card_path(args.checkpoint)} says it is a "
-                        f"{card['encoder']} encoder; leave --encoder out")
+        raise MofaError(f"--encoder {args.encoder}: the checkpoint's {card_path(args.checkpoint)} names the "
+                        f"encoder {card['encoder']}; leave --encoder out")
     if args.config is None and card:  # the preset, face model and camera the encoder was trained with
         if "preset" not in card:
             raise MofaError(f"{card_path(args.checkpoint)}: encoder card without preset; "

@@ -257,7 +257,12 @@ def test_mofa_evaluate_aflw2000_scores_every_image_even_one_mediapipe_cannot_rea
     write_encoder_card(checkpoint.parent, settings, "alexnet", decoder, encoder)
     assert cli.main(["evaluate", "aflw2000", "--root", str(root), "--checkpoint", str(checkpoint)]) == 0
     assert "alexnet encoder" in capsys.readouterr().out
-    # a checkpoint of another encoder is one clear line, not a traceback
+    # an --encoder the card contradicts, and without a card weights of another encoder: one clear line each
+    status = cli.main(["evaluate", "aflw2000", "--root", str(root), "--checkpoint", str(checkpoint),
+                       "--config", "ci", "--encoder", "vgg_face"])
+    assert status == 2
+    assert "--encoder vgg_face: the checkpoint's" in capsys.readouterr().err
+    checkpoint.with_name("encoder.json").unlink()
     status = cli.main(["evaluate", "aflw2000", "--root", str(root), "--checkpoint", str(checkpoint),
                        "--config", "ci", "--encoder", "vgg_face"])
     assert status == 2

@@ -68,7 +68,7 @@ running it again on 2 x 2 overlapping tiles of this fraction of each side."""
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
+def native_stderr_silenced():
     """fd 2 to /dev/null for the block: MediaPipe's C++ start-up (TFLite's 'Created TensorFlow Lite
     XNNPACK delegate', absl's feedback-manager warnings) writes there past Python's logging. Failures
     still arrive as Python exceptions."""
@@ -93,7 +93,7 @@ def _protobuf_deprecation_ignored():
 
 @functools.lru_cache(maxsize=2)
 def _blazeface(model_selection: int, min_score: float):
-    with _protobuf_deprecation_ignored(), _native_stderr_silenced():
+    with _protobuf_deprecation_ignored(), native_stderr_silenced():
         import mediapipe as mp
         detector = mp.solutions.face_detection.FaceDetection(model_selection=model_selection,
                                                              min_detection_confidence=min_score)

@@ -13,6 +13,7 @@ import numpy as np
 
 from mofa.errors import MofaError
 from mofa.landmarks import N_LANDMARKS
+from mofa.realdata.detect import native_stderr_silenced
 
 
 MEDIAPIPE_VERSION = "0.10.14"
@@ -118,6 +119,8 @@ class MediaPipeLandmarker:
                 "facelandmarkcpu__ThresholdingCalculator.threshold": min_presence,
             },
             outputs=["multi_face_landmarks", "face_detections"])
+        with native_stderr_silenced():  # the graph starts, and its C++ side logs to fd 2, on the first image
+            self._graph.process(input_data={"image": np.zeros((64, 64, 3), np.uint8)})
 
     def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, float] | None:
         """rgb: (H, W, 3) uint8 -> ((468, 2) float64 px, detection score in [0, 1]) or None."""
