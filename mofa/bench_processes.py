@@ -30,7 +30,9 @@ def bench_under_torchrun(config: str, encoder: str, processes: int, repeats: int
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         from mofa.errors import MofaError
-        raise MofaError(f"mofa bench on {processes} processes failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        said = [line.split("MofaError: ", 1)[1] for line in done.stderr.splitlines() if "MofaError: " in line]
+        last = said or [line for line in done.stderr.splitlines() if line.strip()] or ["no output"]
+        raise MofaError(f"mofa bench on {processes} processes failed ({done.returncode}): {' '.join(last[-1].split())[:300]}")
     return json.loads(lines[-1])
 
 

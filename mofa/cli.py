@@ -33,6 +33,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.device:
         cfg["device"] = args.device
     settings = Settings.from_config(cfg)
+    select_device(settings.device)  # a device this machine lacks: one line here, not from each torchrun process
     if args.what == "decoder":
         model, camera, device = build_face_model(settings.face_model), settings.camera, select_device(settings.device)
         print(f"decoder forward+backward (training region '{model.face_region}', incl. bilinear sampling "
@@ -92,17 +93,30 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for out in (args.out, args.landmarks_out):  # before the evaluation, not after it
         if out is not None:
             check_output_file(out)
+    if args.out and args.landmarks_out and args.out.resolve() == args.landmarks_out.resolve():
+        raise MofaError(f"{args.out}: given as both --out and --landmarks-out; give them two names")
+    inputs = {weights_path(args.checkpoint).resolve(): "the checkpoint",
+              card_path(weights_path(args.checkpoint)).resolve(): "the checkpoint's encoder card"}
+    for out in filter(None, (args.out, args.landmarks_out)):  # writing over an input would lose it
+        taken = inputs.get(out.resolve())
+        if out.is_file() and out.parent.resolve() == args.root.resolve() and out.suffix in (".jpg", ".mat"):
+            taken = "an image or annotation of --root"
+        if taken:
+            raise MofaError(f"{out}: is {taken}; give the output another name")
     args.checkpoint = weights_path(args.checkpoint)
     card = read_card(card_path(args.checkpoint))
     if args.encoder and card.get("encoder") not in (None, args.encoder):
         raise MofaError(f"--encoder {args.encoder}: the checkpoint's {card_path(args.checkpoint)} names the "
-                        f"encoder {card['encoder']}; leave --encoder out")
+                        f"{card['encoder']} encoder; leave --encoder out")
     if args.config is None and card:  # the preset, face model and camera the encoder was trained with
         if "preset" not in card:
             raise MofaError(f"{card_path(args.checkpoint)}: encoder card without preset; "
                             "pass --config")
-        cfg = load_config(card["preset"], {k: card[k] for k in ("face_model", "camera", "light") if k in card}
-                          | {"training.rotation_bound_deg": card.get("rotation_bound_deg")})
+        try:
+            cfg = load_config(card["preset"], {k: card[k] for k in ("face_model", "camera", "light") if k in card}
+                              | {"training.rotation_bound_deg": card.get("rotation_bound_deg")})
+        except MofaError as exc:  # the card's preset or settings
+            raise MofaError(f"{card_path(args.checkpoint)}: {exc}") from None
     else:
         cfg = load_config(args.config or "default")
     if args.device:
@@ -111,8 +125,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     settings = Settings.from_config(cfg)
     device = select_device(settings.device)
     decoder = training_decoder(settings, build_face_model(settings.face_model)).to(device)
-    encoder, trained_size = load_encoder(settings, encoder_name, decoder, args.checkpoint)
+    try:
+        encoder, trained_size = load_encoder(settings, encoder_name, decoder, args.checkpoint)
+    except MofaError as exc:  # the card's encoder or options, unless the error names its file already
+        if not card or str(exc).startswith((str(args.checkpoint), str(card_path(args.checkpoint)))):
+            raise
+        raise MofaError(f"{card_path(args.checkpoint)}: {exc}") from None
     input_size = args.input_size or trained_size or settings.training.input_size
+    if input_size < encoder.min_input_size:  # before the crops are made, not after
+        source = ("--input-size" if args.input_size else "training.input_size" if not trained_size
+                  else card_path(args.checkpoint) if card.get("input_size") == trained_size else args.checkpoint)
+        raise MofaError(f"{source}: input size {input_size} px, but the {encoder_name} encoder needs at least "
+                        f"{encoder.min_input_size} px")
     result = benchmark_folder(args.root, encoder.to(device), decoder, input_size, CropPolicy.from_settings(settings),
                               max_images=args.limit, progress=args.verbose)
     print(f"{encoder_name} encoder from {args.checkpoint} (input {input_size} px) on {args.root}:")
@@ -160,11 +184,13 @@ def cmd_detection_rate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from mofa.config import load_config, presets, results_dir
+    from mofa.config import REPO_ROOT, load_config, presets, results_dir
     from mofa.results import format_value, main_table
     from mofa.scorecard import read_tables, scorecard
 
-    root = results_dir(load_config(args.preset))
+    root = results_dir(load_config(args.preset)).expanduser()
+    if not root.is_absolute() and not (root / "tables").is_dir():  # none here (Snakemake's folder): this checkout's
+        root = REPO_ROOT / root
     table = main_table(root / "tables")
     scores = scorecard(read_tables(root / "tables"))
     print(f"{args.preset} preset ({root}): the paper's findings here")
@@ -251,10 +277,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame) -> None:
+    """SIGTERM (kill, timeout, a scheduler) as Ctrl-C: the `finally` blocks remove what was being written."""
+    raise KeyboardInterrupt("terminated")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         status = args.func(args)
         sys.stdout.flush()  # here, not at exit, so that a reader that has gone is caught below
@@ -268,9 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"mofa: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("mofa: interrupted", file=sys.stderr)
-        return 130
+    except (MemoryError, RuntimeError) as exc:  # torch's CPU allocator raises RuntimeError; CUDA's subclasses it
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        tried = str(exc).split("you tried to allocate ", 1)[-1].split(".")[0] if "tried to allocate" in str(exc) else ""
+        print(f"mofa: error: out of memory{f' (tried to allocate {tried})' if tried else ''}; "
+              "use a smaller --input-size, batch or image", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        terminated = exc.args == ("terminated",)
+        print(f"mofa: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130  # 128 + SIGTERM or SIGINT, as a shell reports them
     return status or 0
 
 

@@ -9,6 +9,7 @@ folder beside the outputs, then renamed into place: a failure leaves none of tha
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -54,12 +55,15 @@ class Reconstructor:
         from mofa.encoders import card as card_module
         from mofa.facemodel import build_face_model
         from mofa.settings import load_settings
+        state, _ = card_module.read_weights(checkpoint)  # as given: a folder without encoder.pt is named so
         checkpoint = card_module.weights_path(checkpoint)
-        state, _ = card_module.read_weights(checkpoint)
         card_path = card_module.card_path(checkpoint)
         card = card_module.read_card(card_path, required=True)
-        settings = load_settings(card["preset"], overrides={"face_model": card["face_model"], "camera": card["camera"],
-                                                            "light": card["light"]})
+        try:  # the card's preset and settings: a problem with them is the card's
+            settings = load_settings(card["preset"], overrides={"face_model": card["face_model"], "camera": card["camera"],
+                                                                "light": card["light"]})
+        except MofaError as exc:
+            raise MofaError(f"{card_path}: {exc}") from None
         model = build_face_model(settings.face_model)
         camera, ambient = settings.camera, settings.light.ambient_offset
         decoder = Decoder(model.submesh(model.face_region), camera, ambient)
@@ -67,9 +71,15 @@ class Reconstructor:
             raise MofaError(f"{card_path}: code layout {card['code_layout']} does not match the face model's "
                             f"{decoder.layout.sizes}")
         mesh_decoder = Decoder(model.drawn(), camera, ambient)
-        encoder = build_encoder(card["encoder"], decoder.layout,
-                                rotation_bound_rad=card_module.rotation_bound_rad(card["rotation_bound_deg"]),
-                                module=card.get("module"), options=card.get("options"))
+        try:
+            encoder = build_encoder(card["encoder"], decoder.layout,
+                                    rotation_bound_rad=card_module.rotation_bound_rad(card["rotation_bound_deg"]),
+                                    module=card.get("module"), options=card.get("options"))
+        except MofaError as exc:
+            raise MofaError(f"{card_path}: {exc}") from None
+        if card["input_size"] < encoder.min_input_size:  # else every photo would fail with it
+            raise MofaError(f"{card_path}: input size {card['input_size']} px, but the {card['encoder']} encoder "
+                            f"needs at least {encoder.min_input_size} px")
         card_module.load_weights(encoder, state, checkpoint, card["encoder"])
         return cls(encoder.eval(), decoder, mesh_decoder, int(card["input_size"]), checkpoint,
                    CropPolicy.from_settings(settings))
@@ -203,6 +213,10 @@ def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path
     stem = stem or photo.stem
     if photo.is_dir():
         raise MofaError(f"{photo}: a folder with no image files ({', '.join(IMAGE_SUFFIXES)})")
+    longest, name_max = f"{stem}_face00_overlay.png", os.pathconf(out_dir, "PC_NAME_MAX")
+    if len(os.fsencode(longest)) > name_max:  # before the work, not when writing its result
+        raise MofaError(f"{photo}: name too long for its output files ({len(os.fsencode(longest))} bytes in "
+                        f"{longest[:20]}..., {name_max} allowed in {out_dir}); rename the photo")
     rgb = read_photo(photo)
     boxes, _ = detect_faces_mediapipe(rgb)
     boxes = boxes[np.argsort(-boxes[:, 2] * boxes[:, 3], kind="stable")]  # face0 the largest
@@ -225,6 +239,9 @@ def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path
     # each file under its final name (the .obj names its object after the file) in a private folder
     # beside the outputs (the same filesystem), then renamed into place: a failure leaves nothing
     written = []
+    for stale in out_dir.glob(f".{glob.escape(stem)}.*"):  # a killed run's (SIGKILL: no cleanup ran)
+        if stale.is_dir() and re.fullmatch(re.escape(f".{stem}.") + r"[a-z0-9_]{8}", stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
     try:
         staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{stem}."))
     except OSError as exc:
@@ -250,10 +267,15 @@ def reconstruct_photo(rec: Reconstructor, photo: str | Path, out_dir: str | Path
                       "code": {name: part[0].tolist() for name, part in parts._asdict().items()}}
             text = json.dumps(params, indent=2).encode()
             _write(staging / f"{face}.json", lambda path: write_bytes(path, text))
-        for path in sorted(staging.iterdir()):
-            target = out_dir / path.name
-            os.replace(path, target)
-            written.append(target)
+        try:
+            for path in sorted(staging.iterdir()):
+                target = out_dir / path.name
+                os.replace(path, target)
+                written.append(target)
+        except BaseException:  # Ctrl-C between two renames: none of this photo's files, not some
+            for target in written:
+                target.unlink(missing_ok=True)
+            raise
         for k in range(len(boxes), 1 << 30):  # faces of an earlier run beyond this one's
             stale = [out_dir / f"{stem}_face{k}{suffix}" for suffix in FACE_FILE_SUFFIXES]
             if not any(p.exists() for p in stale):

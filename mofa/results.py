@@ -96,7 +96,12 @@ def main_table(tables_dir: Path) -> pd.DataFrame:
     rows = []
     for name, to_rows in MAIN_SOURCES:
         if (tables_dir / name).is_file():
-            rows += to_rows(read_table(tables_dir / name).frame)
+            try:
+                rows += to_rows(read_table(tables_dir / name).frame)
+            except (KeyError, AttributeError) as exc:  # a table without a column its rows need
+                column = exc.args[0] if isinstance(exc, KeyError) else getattr(exc, "name", exc)
+                raise MofaError(f"{tables_dir / name}: not a readable result table (no column {column}); "
+                                "delete it and run the stage that writes it again") from None
     if not rows:
         raise MofaError(f"{tables_dir}: none of {', '.join(n for n, _ in MAIN_SOURCES)}; run the pipeline first "
                         "(make reproduce, or snakemake --configfile config/<preset>.yaml)")

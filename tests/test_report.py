@@ -142,10 +142,13 @@ def test_mofa_report_prints_the_main_table(results):
 
 
 def test_mofa_report_without_results_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "mofa.cli", "report", "--preset", "ci"], capture_output=True,
+    # a results_dir of its own: this checkout's results/ci may hold a real run
+    config = tmp_path / "ci_empty.yaml"
+    config.write_text((REPO_ROOT / "config" / "ci.yaml").read_text() + f"\nresults_dir: {tmp_path / 'results'}\n")
+    result = subprocess.run([sys.executable, "-m", "mofa.cli", "report", "--preset", str(config)], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "results/ci/tables: none of e1_synthetic.csv" in result.stderr
+    assert result.stderr.count("\n") == 1 and f"{tmp_path}/results/ci/tables: none of e1_synthetic.csv" in result.stderr
 
 
 # Headless Chromium without network, extensions or first-run work: only the page.

@@ -512,3 +512,191 @@ def test_detection_rate_where_no_image_can_be_scored_says_so(tmp_path, capsys, m
     lines = error_lines(result.stderr)
     assert lines[0].startswith(f"mofa detection-rate: {tmp_path / 'takeo.ppm'}: skipped, not a readable image")
     assert lines[-1] == f"mofa: error: {tmp_path}: none of the 1 ibug68 images could be scored (each skipped above, with its reason)"
+
+
+# -- inputs tried in issue 22's third round ---------------------------------------------------------------
+
+def test_a_large_photo_is_no_decompression_bomb_and_a_truncated_one_says_one_thing(tmp_path, capfd, monkeypatch):
+    """Pillow's bomb guard (a warning over 89 Mpx, a traceback over 179 Mpx: a 16000 x 12000 photo) is not
+    applied to a photo OpenCV has already decoded; libjpeg's 'Premature end of JPEG file' on fd 2 is not
+    shown beside the tool's own line."""
+    import warnings
+
+    from PIL import Image
+
+    from mofa.realdata.images import FrameReader, UnreadableImage
+    photo = ibug_folder() / "einstein.jpg"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # this photo stands for one over the limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert FrameReader().read(photo).ndim == 3
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(photo.read_bytes()[:5000])
+    capfd.readouterr()
+    with pytest.raises(UnreadableImage, match="truncated"):
+        FrameReader().read(cut)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_photo_that_is_no_regular_file_says_what_it_is(tmp_path):
+    from mofa.realdata.images import FrameReader, UnreadableImage
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "gone.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")  # cv2.imread on it would wait for a writer for ever
+    for name, problem in (("link.jpg", f"a broken link (to {tmp_path / 'gone.jpg'})"),
+                          ("pipe.jpg", "not a regular file"), ("none.jpg", "no such file")):
+        with pytest.raises(UnreadableImage) as error:
+            FrameReader().read(tmp_path / name)
+        assert str(error.value) == problem
+
+
+def test_a_photo_name_too_long_for_its_outputs_fails_before_the_work(checkpoint, photos, tmp_path, capsys, monkeypatch):
+    import mofa.reconstruct as rec
+    long_photo = shutil.copy(photos[0], tmp_path / f"{'x' * 240}.png")
+    monkeypatch.setattr(rec, "read_photo", lambda path: pytest.fail("read before its name was checked"))
+    out = tmp_path / "out"
+    line = assert_one_line_error(run(capsys, "reconstruct", str(long_photo), "--out", str(out), "--checkpoint",
+                                     str(checkpoint)), long_photo)
+    assert "name too long for its output files" in line and leftovers(out) == []
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("encoder", "resnet9000", "unknown encoder 'resnet9000'"),
+    ("preset", "nopreset", "unknown preset 'nopreset'"),
+    ("camera", {"image_size": "big"}, "camera.image_size: 'big' is not of type 'integer'"),
+    ("input_size", 31, "input size 31 px, but the alexnet encoder needs at least 63 px")])
+def test_a_card_whose_settings_do_not_build_is_named(checkpoint, photos, aflw_folder, tmp_path, capsys, key, value, problem):
+    """What a card says (its preset, settings, encoder, input size) is checked when it is loaded, and
+    the error names the card, for `mofa reconstruct` and `mofa evaluate` alike."""
+    shutil.copy(checkpoint, tmp_path / "encoder.pt")
+    card = json.loads(checkpoint.with_name("encoder.json").read_text()) | {key: value}
+    (tmp_path / "encoder.json").write_text(json.dumps(card))
+    line = assert_one_line_error(run(capsys, "reconstruct", str(photos[0]), "--out", str(tmp_path / "out"),
+                                     "--checkpoint", str(tmp_path)), tmp_path / "encoder.json")
+    assert problem in line
+    result = run(capsys, "evaluate", "aflw2000", "--root", str(aflw_folder), "--checkpoint", str(tmp_path))
+    assert "AFLW2000-3D NME" not in result.stdout
+    assert problem in assert_one_line_error(result, tmp_path / "encoder.json")
+
+
+def test_a_checkpoint_folder_without_weights_is_named_as_such(photos, tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    line = assert_one_line_error(run(capsys, "reconstruct", str(photos[0]), "--out", str(tmp_path / "out"),
+                                     "--checkpoint", str(folder)), folder)
+    assert "a folder without encoder.pt" in line
+
+
+def test_evaluate_input_size_below_the_encoders_and_outputs_over_its_inputs(checkpoint, aflw_folder, tmp_path, capsys):
+    """Refused before the evaluation: an --input-size the encoder cannot take, --out and --landmarks-out
+    of one name, an output over the checkpoint, its card or an annotation of --root."""
+    root = tmp_path / "aflw"
+    shutil.copytree(aflw_folder, root, symlinks=True)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("encoder.pt", "encoder.json"):
+        shutil.copy(checkpoint.with_name(name), run_dir / name)
+    mat = sorted(root.glob("*.mat"))[0]
+    evaluate = ("evaluate", "aflw2000", "--root", str(root), "--checkpoint", str(run_dir))
+    cases = [(["--input-size", "40"], "--input-size", "input size 40 px, but the alexnet encoder needs at least 63 px"),
+             (["--out", str(tmp_path / "t.csv"), "--landmarks-out", str(tmp_path / "t.csv")], tmp_path / "t.csv",
+              "given as both --out and --landmarks-out"),
+             (["--out", str(run_dir / "encoder.pt")], run_dir / "encoder.pt", "is the checkpoint"),
+             (["--landmarks-out", str(run_dir / "encoder.json")], run_dir / "encoder.json", "is the checkpoint's encoder card"),
+             (["--out", str(mat)], mat, "is an image or annotation of --root")]
+    before = {p: p.read_bytes() for p in (run_dir / "encoder.json", mat)}
+    for extra, named, problem in cases:
+        result = run(capsys, *evaluate, *extra)
+        assert problem in assert_one_line_error(result, named) and "AFLW2000-3D NME" not in result.stdout
+    assert {p: p.read_bytes() for p in before} == before and mat.is_symlink()
+
+
+def test_aflw2000_points_that_span_no_area_are_skipped_and_a_root_that_is_a_file_is_named(aflw_folder, tmp_path):
+    """All-zero pt3d_68 would divide the NME by a box of no size (an infinite NME, 'scored')."""
+    from scipy.io import loadmat, savemat
+
+    from mofa.realdata.adapters import iter_aflw2000
+    folder = tmp_path / "aflw"
+    shutil.copytree(aflw_folder, folder, symlinks=True)
+    flat = sorted(folder.glob("*.mat"))[0]
+    annotation = loadmat(flat)
+    flat.unlink()
+    savemat(flat, {"pt3d_68": np.zeros((3, 68)), "Pose_Para": annotation["Pose_Para"]})
+    samples = list(iter_aflw2000(folder))
+    assert [s.problem for s in samples if s.problem] == [f"{flat}: not an AFLW2000-3D annotation (need pt3d_68 3x68 "
+                                                         "and Pose_Para): the 68 points of pt3d_68 span no area"]
+    with pytest.raises(MofaError, match=f"{flat}: a file, not a folder"):
+        list(iter_aflw2000(flat))
+
+
+def test_a_read_only_face_model_cache_is_named_before_the_build(ict_dir, tmp_path, capsys, monkeypatch):
+    """The cache folder is checked before the model is built, and the error names it, not the
+    temporary file the write would have used."""
+    import mofa.facemodel as facemodel
+    monkeypatch.setattr(facemodel, "load_face_model", lambda fm: pytest.fail("built before the cache was checked"))
+    folder = tmp_path / "read-only"
+    with tmpfs(folder, "1m", read_only=True) as mounted:
+        if not mounted:  # no mount here: a file where the folder should be is checked at the same point
+            folder = tmp_path / "a-file"
+            folder.write_text("")
+        monkeypatch.setenv("MOFA_CACHE_DIR", str(folder))
+        line = assert_one_line_error(run(capsys, "model-info", "ict", "--config", "ci", "--rebuild"), folder)
+        assert line.startswith(f"mofa: error: {folder}: cannot write there (") and ".tmp" not in line
+
+
+def test_report_reads_the_projects_results_from_any_folder_and_names_a_table_without_its_columns(tmp_path, capsys,
+                                                                                                   monkeypatch):
+    """From a folder without a results/ of its own (where Snakemake would have written it), `mofa report`
+    reads this checkout's; a table without the columns its rows need is one line naming it."""
+    monkeypatch.chdir(tmp_path)
+    result = run(capsys, "report", "--preset", "ci")
+    tables = REPO_ROOT / "results" / "ci"
+    assert str(tables) in (result.stdout if result.returncode == 0 else assert_one_line_error(result, tables))
+    config = tmp_path / "mine.yaml"
+    config.write_text(f"preset: ci\nresults_dir: {tmp_path / 'results'}\n")
+    (tmp_path / "results" / "ci" / "tables").mkdir(parents=True)
+    for name, column in (("e1_synthetic.csv", "metric"), ("e3_variants.csv", "variant")):
+        table = tmp_path / "results" / "ci" / "tables" / name
+        table.write_text("garbage,x\n1,2\n")
+        line = assert_one_line_error(run(capsys, "report", "--preset", str(config)), table)
+        assert f"not a readable result table (no column {column})" in line
+        table.unlink()
+
+
+def test_bench_on_a_device_this_machine_lacks_is_one_line_also_over_processes(capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    for extra in ([], ["--processes", "2", "--encoders", "alexnet"]):
+        line = assert_one_line_error(run(capsys, "bench", "train", "--device", "cuda", "--config", "ci", *extra))
+        assert "cuda asked, but this torch" in line and "processes failed" not in line
+
+
+def test_sigterm_mid_photo_leaves_none_of_its_files_and_a_killed_runs_staging_is_cleared(checkpoint, photos, tmp_path,
+                                                                                          capsys, monkeypatch):
+    """SIGTERM (kill, timeout) ends `mofa reconstruct` as Ctrl-C does: one line, status 143, none of the
+    photo's files; the hidden staging folder a SIGKILL leaves is removed by the next run."""
+    import signal
+
+    import mofa.reconstruct as rec
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".{photos[0].stem}.k1ll3d_x"
+    stale.mkdir()
+    (stale / f"{photos[0].stem}_face0.ply").write_text("cut short")
+    real, handler = rec._write_png, signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(rec, "_write_png", lambda path, rgb: os.kill(os.getpid(), signal.SIGTERM))
+    result = run(capsys, "reconstruct", *map(str, photos), "--out", str(out), "--checkpoint", str(checkpoint))
+    assert result.returncode == 143 and error_lines(result.stderr) == ["mofa: terminated"], result.stderr
+    assert list(out.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is handler  # main put back the handler it found
+    monkeypatch.setattr(rec, "_write_png", real)
+    stale.mkdir()
+    assert run(capsys, "reconstruct", str(photos[0]), "--out", str(out), "--checkpoint", str(checkpoint)).returncode == 0
+    assert leftovers(out) == [] and (out / f"{photos[0].stem}_face0.json").is_file()
+
+
+def test_an_input_size_too_large_for_memory_is_one_line(checkpoint, aflw_folder, capsys):
+    line = assert_one_line_error(run(capsys, "evaluate", "aflw2000", "--root", str(aflw_folder), "--checkpoint",
+                                     str(checkpoint), "--input-size", "100000"))
+    assert "out of memory" in line and "--input-size" in line

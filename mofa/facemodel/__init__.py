@@ -83,6 +83,11 @@ def build_face_model(fm: "FaceModelSettings", rebuild: bool = False) -> FaceMode
             return model
     else:
         log.info("face model: building %s (first time; cached afterwards)", fm.name)
+    from mofa.config import writable_folder
+    try:
+        writable_folder(path.parent)  # before the build, not after it
+    except MofaError as exc:
+        raise MofaError(f"{exc}; set {CACHE_ENV_VAR} to a writable folder") from None
     model = load_face_model(fm)
     try:
         model.save(path)

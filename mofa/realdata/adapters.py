@@ -105,6 +105,8 @@ def read_pts(path: str | Path) -> np.ndarray:
 
 def _root(root: str | Path, name: str) -> Path:
     path = Path(root).expanduser()
+    if path.exists() and not path.is_dir():
+        raise MofaError(f"{path}: a file, not a folder; give the {name} dataset's folder")
     if not path.is_dir():
         hint = f" (set {ENV_VARS[name]})" if name in ENV_VARS else ""
         raise MofaError(f"{path}: no such folder for the {name} dataset{hint}")
@@ -138,6 +140,8 @@ def iter_aflw2000(root: str | Path) -> Iterator[Sample]:
             yaw = float(np.degrees(np.asarray(mat["Pose_Para"], dtype=np.float64).ravel()[1]))
             if points.shape != (N_LANDMARKS, 2) or not np.isfinite(points).all() or not np.isfinite(yaw):
                 raise ValueError(f"pt3d_68 of shape {np.asarray(mat['pt3d_68']).shape} or a non-finite value")
+            if np.ptp(points, axis=0).min() <= 0:  # the NME divides by the size of their box
+                raise ValueError("the 68 points of pt3d_68 span no area")
         except Exception as e:  # noqa: BLE001 - scipy raises many types for a malformed file
             detail = " ".join(str(e).split())[:200] or type(e).__name__
             yield _unreadable(f"aflw2000/{image.stem}", image, "aflw2000",

@@ -7,6 +7,7 @@ orientation 6 or 8) is applied, so that faces stand as the photo is shown; the c
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -23,11 +24,13 @@ EXIF_ORIENTATION = 0x0112
 
 
 def check_complete(path: str | Path) -> int:
-    """The file's EXIF orientation (1-8; 1 where it has none); UnreadableImage when Pillow knows the
-    file's format but cannot decode all of it: OpenCV decodes a truncated JPEG without an error (the
-    missing rows come out grey). Formats Pillow does not know pass, as orientation 1."""
+    """After OpenCV has decoded the file: its EXIF orientation (1-8; 1 where it has none); UnreadableImage
+    when Pillow knows the file's format but cannot decode all of it: OpenCV decodes a truncated JPEG
+    without an error (the missing rows come out grey). Formats Pillow does not know pass, as orientation 1."""
     from PIL import Image, UnidentifiedImageError
 
+    bomb_limit = Image.MAX_IMAGE_PIXELS  # a large photo (12000 x 9000) is no decompression bomb here: OpenCV
+    Image.MAX_IMAGE_PIXELS = None        # has decoded it already, under its own limit (CV_IO_MAX_IMAGE_PIXELS)
     try:
         with Image.open(path) as image:
             image.load()
@@ -36,6 +39,8 @@ def check_complete(path: str | Path) -> int:
         return 1
     except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImage(f"not a readable image (truncated or corrupt: {exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
     return orientation if orientation in range(1, 9) else 1
 
 
@@ -80,9 +85,12 @@ class FrameReader:
         """(H, W, 3) uint8 RGB of an image file, or of frame `frame_index` (0-based) of a video."""
         path = Path(path)
         if not path.is_file():
-            raise UnreadableImage("no such file")
+            raise UnreadableImage(f"a broken link (to {os.readlink(path)})" if path.is_symlink() and not path.exists()
+                                  else "not a regular file" if path.exists() else "no such file")
         if frame_index is None:
-            pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            from mofa.realdata.detect import native_stderr_silenced
+            with native_stderr_silenced():  # libjpeg's 'Premature end of JPEG file', libpng's warnings
+                pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if pixels is None or pixels.size == 0:
                 raise UnreadableImage("not a readable image (corrupt, truncated or not an image format)")
             orientation = check_complete(path)  # OpenCV fills a truncated JPEG's missing part with grey
