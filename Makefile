@@ -57,8 +57,8 @@ $(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml $(PLUGIN)/snakemake_logger_plu
 # reports a missing or malformed one in its own words); a lock left by a killed run is released; the
 # workflow profile (profiles/default) reruns a stage the kill left incomplete, and its training resumes.
 reproduce: setup
-	$(BIN)/python -m pipelines._workflow --config $(CONFIG) --unlock-stale
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+	$(BIN)/python -m pipelines._workflow --config "$(CONFIG)" --unlock-stale
+	$(BIN)/snakemake --cores $(CORES) --configfile "$(CONFIG)"
 
 test: setup
 	$(BIN)/pytest -m "not cluster"

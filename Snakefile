@@ -10,7 +10,7 @@ min_version("8.0")
 sys.path.insert(0, workflow.basedir)  # pipelines/ and mofa/ also without `pip install -e .`
 
 from mofa.errors import MofaError
-from pipelines._workflow import checked_config
+from pipelines._workflow import checked_config, snakemake_overrides
 from pipelines.stages import STAGES
 
 # A preset given with --configfile replaces the default one instead of being merged on top of it,
@@ -23,7 +23,7 @@ if not workflow.overwrite_configfiles:
 # The project's own check (mofa/config.py against config/schema.yaml), with `mofa`'s one-line messages;
 # the config the rules read is the validated one, defaults filled.
 try:
-    checked = checked_config(workflow.configfiles, workflow.config_settings.config)
+    checked = checked_config(workflow.configfiles, snakemake_overrides(workflow.config_settings.config))
 except MofaError as exc:
     print(f"mofa: error: {exc}", file=sys.stderr)
     sys.exit(2)

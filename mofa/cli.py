@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from mofa.errors import MofaError
+from mofa.errors import ArgumentParser, MofaError
 
 
 def _config(args: argparse.Namespace) -> dict:
@@ -216,7 +216,7 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mofa", description=__doc__)
+    parser = ArgumentParser(prog="mofa", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 

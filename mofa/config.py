@@ -9,6 +9,7 @@ import copy
 import functools
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,8 +40,29 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently,
+    so that a config's second `seed:` would quietly win)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: PyYAML's own error
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
-    """The mapping at the top of a YAML file; an empty file is {}."""
+    """The mapping at the top of a YAML file; an empty file is {}; a key given twice is an error."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -49,7 +71,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
     except UnicodeDecodeError as exc:
         raise MofaError(f"{_display(path)}: not a YAML text file (byte {exc.start} is not UTF-8)") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -105,19 +127,41 @@ def preset_path(name: str) -> Path:
     return CONFIG_DIR / f"{name}.yaml"
 
 
+def _integral(value: Any, subschema: Mapping) -> Any:
+    """`value` as an int where the schema wants an integer and YAML read a whole float (`2.0`, `1e3`),
+    which JSON Schema counts as an integer but range() and slicing do not take; else `value` as it is."""
+    types = subschema.get("type", [])
+    if isinstance(value, float) and value.is_integer() and "integer" in ([types] if isinstance(types, str) else types):
+        return int(value)
+    if isinstance(value, list) and isinstance(subschema.get("items"), Mapping):
+        return [_integral(item, subschema["items"]) for item in value]
+    return value
+
+
 def _with_defaults(validator_class: type) -> type:
     """A validator class that fills each missing property with a copy of its schema `default` before
-    checking it (as snakemake.utils.validate(set_default=True) does), so defaults of nested sections fill too."""
+    checking it (as snakemake.utils.validate(set_default=True) does), so defaults of nested sections fill
+    too; turns a whole float into the int an integer key wants (`_integral`); and refuses a number that is
+    not finite (.nan passes every minimum, .inf every exclusiveMaximum-free range)."""
     check_properties = validator_class.VALIDATORS["properties"]
+    check_type = validator_class.VALIDATORS["type"]
 
     def set_defaults(validator, properties, instance, schema):
         if validator.is_type(instance, "object"):
             for key, subschema in properties.items():
                 if "default" in subschema and key not in instance:
                     instance[key] = copy.deepcopy(subschema["default"])
+                elif key in instance:
+                    instance[key] = _integral(instance[key], subschema)
         yield from check_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+    def finite_type(validator, types, instance, schema):
+        errors = list(check_type(validator, types, instance, schema))
+        yield from errors
+        if not errors and isinstance(instance, float) and not math.isfinite(instance):
+            yield jsonschema.ValidationError(f"{instance} is not a finite number")
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults, "type": finite_type})
 
 
 def _key(path: Sequence[Any]) -> str:
@@ -142,10 +186,13 @@ def _describe(error: jsonschema.ValidationError) -> list[str]:
     message = f"{key or '(top level)'}: {error.message}"
     if error.validator == "type" and isinstance(error.instance, str):
         try:
-            float(error.instance)
-            message += " (YAML reads 1e-3 as text: write 1.0e-3)"
+            number = float(error.instance)
         except ValueError:
-            pass
+            number = math.nan
+        if math.isfinite(number):
+            exponent = "e" in error.instance.lower() and "." not in error.instance
+            message += (" (YAML reads 1e-3 as text: write 1.0e-3)" if exponent else
+                        " (a number in quotes is text: write it without them)")
     return [message]
 
 
@@ -168,7 +215,7 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     stray = {section: _stray_experiment_keys(cfg, schema, section) for section in ("e1", "e3")}
     errors = [e for e in errors if not any(list(e.absolute_path)[:2] == [section, key]
                                            for section, keys in stray.items() for key in keys)]
-    problems = [m for e in errors for m in _describe(e)] or _unknown_encoders(cfg)  # those need valid types
+    problems = [m for e in errors for m in _describe(e)] or _unknown_encoders(cfg) + _inverted_ranges(cfg)  # those need valid types
     problems += [f"unknown key '{section}.{key}' ({section} takes "
                  f"{', '.join(sorted(schema['properties'][section]['properties']))}, "
                  f"or the schedule of an encoder listed in {section}.encoders)"
@@ -202,6 +249,12 @@ def _unknown_encoders(cfg: Mapping) -> list[str]:
              ("e7.encoders", cfg.get("e7", {}).get("encoders", []))]
     return [f"{key}: unknown encoder '{name}' (known: {', '.join(known)}; add your own under "
             f"encoders.{name}.module)" for key, names in named for name in names if name not in known]
+
+
+def _inverted_ranges(cfg: Mapping) -> list[str]:
+    """The [minimum, maximum] pairs whose minimum is above their maximum."""
+    low, high = cfg["synthetic"]["distribution"]["blendshapes"]
+    return [f"synthetic.distribution.blendshapes: [{low}, {high}] is [minimum, maximum], but {low} > {high}"] if low > high else []
 
 
 def merge(base: dict, update: Mapping) -> dict:
@@ -242,6 +295,9 @@ def load_config(path_or_preset: ConfigSource | Sequence[ConfigSource], overrides
         path = Path(item)
         if isinstance(item, str) and path.suffix == "" and len(path.parts) == 1 and not path.exists():
             path = preset_path(item)
+        elif not path.exists() and path.resolve().parent == CONFIG_DIR.resolve() and path.stem not in presets():
+            raise MofaError(f"{_display(path)}: no such file: '{path.stem}' is not a preset "
+                            f"(have {', '.join(presets())}; make reproduce PRESET=<name> reads config/<name>.yaml)")
         merge(cfg, read_yaml(path))
         sources.append(_display(path))
     if overrides:

@@ -101,8 +101,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
         os.close(fd)
-    except OSError as exc:
-        raise write_error(path, exc) from None
+    except OSError as exc:  # named after `path`, not the temporary file it could not create
+        raise write_error(path, exc, Path(exc.filename) if exc.filename else None) from None
     tmp = Path(name)
     try:
         yield tmp

@@ -5,6 +5,7 @@ import argparse
 import hashlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -17,15 +18,15 @@ import yaml
 
 from mofa import io
 from mofa.config import REPO_ROOT, config_hash, load_config, results_dir, select_device, writable_folder
-from mofa.errors import MofaError
+from mofa.errors import ArgumentParser, MofaError
 from mofa.training import distributed as ddp
 from pipelines.stages import source_files
 
 log = logging.getLogger("mofa.stage")
 
 
-def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+def parse_args(description: str, argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", action="append", required=True, metavar="PRESET_OR_YAML",
                         help="preset name (ci, default, paper) or config file; repeat to merge, later wins")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -125,6 +126,33 @@ def publish(source: Path, target: Path) -> Path:
     return wrote(target)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a workflow engine or a cluster cancelling the job), raised as Ctrl-C's KeyboardInterrupt is,
+    so that what is being written is removed on the way out (atomic writers, `.partial` folders)."""
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM in this process raises Terminated; processes forked inside it (helpers)
+    keep SIGTERM's default action, as their parent ends them with it."""
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: SIGTERM stays as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: list[str] | None = None,
          distributed: bool = False) -> int:
     """Command-line entry of a stage: parse, set up logging, load the config, run, report.
@@ -136,7 +164,7 @@ def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: lis
     """
     argv = sys.argv[1:] if argv is None else argv
     argv = argv[1:] if argv[:1] == ["--"] else argv  # as a torchrun that keeps the `--` of relaunch_command passes it
-    args = parse_args(description, argv)
+    args = parse_args(description, argv, prog=f"python -m pipelines.{stage}")
     try:
         setup_logging(args.log)
     except MofaError as exc:
@@ -155,7 +183,7 @@ def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: lis
         writable_folder(results_dir(cfg))
         if distributed:
             ddp.init(select_device(cfg["device"]))
-        with timed(f"stage {stage}"):
+        with terminate_as_interrupt(), timed(f"stage {stage}"):
             run(cfg)
     except MofaError as exc:
         log.error("stage %s failed: %s", stage, exc)
@@ -164,9 +192,10 @@ def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: lis
         where = f"{exc.filename}: " if exc.filename else ""
         log.error("stage %s failed: %s%s", stage, where, exc.strerror or exc)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C (Snakemake passes it on): what was written whole stays, nothing partial
-        log.error("stage %s interrupted", stage)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C (Snakemake passes it on) or SIGTERM: what was written whole stays, nothing partial
+        terminated = isinstance(exc, Terminated)
+        log.error("stage %s %s", stage, "terminated (SIGTERM)" if terminated else "interrupted")
+        return 128 + signal.SIGTERM if terminated else 130
     except Exception:
         log.exception("stage %s failed", stage)  # a bug: the traceback, also in the stage's own log
         return 1

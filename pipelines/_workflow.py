@@ -10,7 +10,6 @@ both before it starts Snakemake).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -33,7 +32,30 @@ def check_results_folder(folder: Path) -> None:
         raise MofaError(f"{existing}: is a file, but the results folder {folder} must be a folder there "
                         "(change results_dir or move the file)")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise MofaError(f"{existing}: cannot write there (permission denied), so results cannot go to {folder}")
+        why = "read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "permission denied"
+        raise MofaError(f"{existing}: cannot write there ({why}), so results cannot go to {folder}")
+
+
+def snakemake_overrides(entries: Mapping) -> dict:
+    """`snakemake --config KEY=VALUE` entries as `--set` would read them: Snakemake types a top-level
+    value itself (int, float, bool, else text), but reads a mapping or list value with YAML's BaseLoader,
+    which leaves every entry inside it text (`training={batch_size: 2}` gives '2'); those are read as
+    YAML here."""
+    import yaml
+
+    def typed(value):
+        if isinstance(value, Mapping):
+            return {key: typed(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [typed(item) for item in value]
+        if isinstance(value, str):
+            try:
+                return yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+        return value
+
+    return {key: typed(value) if isinstance(value, (Mapping, list)) else value for key, value in entries.items()}
 
 
 def checked_config(files: Sequence[str | os.PathLike], overrides: Mapping | None = None) -> dict:
@@ -92,9 +114,10 @@ def unlock_stale(workdir: Path, configfiles: Sequence[str], snakemake: Sequence[
 
 def main(argv: list[str] | None = None) -> int:
     # Imported here: the Snakefile imports this module, and pipelines._stage imports torch.
+    from mofa.errors import ArgumentParser
     from pipelines._stage import parse_overrides
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m pipelines._workflow", description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", required=True, metavar="YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     parser.add_argument("--unlock-stale", action="store_true",

@@ -27,6 +27,7 @@ import torch
 from baselines.compare import channels_last, face_masks, images_at, parameter_count, paste_region, region_at
 from baselines.conv_autoencoder import ConvAutoencoder, train_conv_autoencoder
 from baselines.learned_decoder import image_fidelity
+from mofa import io
 from mofa.config import config_hash, select_device
 from mofa.data.synthetic import SyntheticSet
 from mofa.errors import MofaError
@@ -134,7 +135,7 @@ def run(cfg: dict) -> dict:
                        "iterations": e5["iterations"], "batch_size": e5["batch_size"],
                        "training_seconds": timing["seconds"], "parameters": parameter_count(autoencoder), **shared}}
     for method, (name, parameters) in encoders.items():
-        curves = pd.read_csv(e1[f"curves_{name}"])
+        curves = io.read_csv(e1[f"curves_{name}"], ("iteration", "seconds"), "E1 training curves")
         facts[method] = {"semantic_outputs": "pose, shape, expression, reflectance, light",
                          "training_images": len(train_set), "iterations": int(curves["iteration"].iloc[-1]),
                          "batch_size": cfg["training"]["batch_size"],

@@ -53,10 +53,14 @@ def manifest_hash(path: Path) -> str:
     """A short sha256 of a manifest: JSON without its timings (VOLATILE_KEYS), other files byte for byte."""
     if not path.is_file():
         raise MofaError(f"{path}: data manifest missing; run the stage that writes it first")
-    data = path.read_bytes()
-    if path.suffix == ".json":
-        content = {k: v for k, v in json.loads(data).items() if k not in VOLATILE_KEYS}
+    if path.suffix == ".json":  # a cut-short or edited one: named
+        content = {k: v for k, v in io.read_json(path, "data manifest").items() if k not in VOLATILE_KEYS}
         data = json.dumps(content, sort_keys=True).encode()
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise MofaError(f"{path}: cannot read ({exc.strerror})") from None
     return hashlib.sha256(data).hexdigest()[:HASH_CHARS]
 
 

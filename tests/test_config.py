@@ -174,6 +174,12 @@ def test_missing_preset_and_unknown_preset(tmp_path):
         load_config("tiny")
 
 
+def test_a_preset_file_with_a_typo_names_the_presets():
+    """`make reproduce PRESET=cii` reads config/cii.yaml: the message says which presets there are."""
+    with pytest.raises(MofaError, match=r"cii\.yaml: no such file: 'cii' is not a preset \(have ci, default, paper"):
+        load_config(REPO_ROOT / "config" / "cii.yaml")
+
+
 def test_unreadable_files_name_the_file(tmp_path):
     with pytest.raises(MofaError, match=r"nope\.yaml: cannot read config"):
         load_config(tmp_path / "nope.yaml")
@@ -181,6 +187,42 @@ def test_unreadable_files_name_the_file(tmp_path):
     bad.write_text("preset: [ci\n")
     with pytest.raises(MofaError, match=r"bad\.yaml: line \d+: not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("preset: ci\nseed: 1\nseed: 2\n", r"line 3: not valid YAML \(duplicate key 'seed'\)"),
+    ("preset: ci\ntraining:\n  lr: 0.1\n  lr: 0.2\n", r"line 4: not valid YAML \(duplicate key 'lr'\)"),
+    ("preset: ci\ntraining:\n  lr: .nan\n", r"training\.lr: nan is not a finite number"),
+    ("preset: ci\nlight:\n  ambient_offset: -.inf\n", r"light\.ambient_offset: -inf is not a finite number"),
+    ("preset: ci\nseed: 99999999999999999999999\n", r"seed: 99999999999999999999999 is greater than the maximum"),
+    ("preset: ci\nsynthetic:\n  distribution:\n    blendshapes: [3, 1]\n",
+     r"synthetic\.distribution\.blendshapes: \[3, 1\] is \[minimum, maximum\], but 3 > 1"),
+    ("preset: ci\ne7:\n  batch_sizes: []\n", r"e7\.batch_sizes: \[\] should be non-empty"),
+    ("preset: ci\ntraining:\n  batch_size: '4'\n", r"training\.batch_size: '4' is not of type 'integer' \(a number in quotes"),
+])
+def test_a_config_that_yaml_or_the_schema_would_let_through_is_one_line(tmp_path, text, problem):
+    """What PyYAML and JSON Schema accept but the run would trip over later (a second `seed:` that
+    silently wins, .nan that passes every minimum, a seed torch cannot take, an empty list, an inverted
+    range): refused when loaded, in one line naming the file and the key."""
+    path = tmp_path / "my.yaml"
+    path.write_text(text)
+    with pytest.raises(MofaError, match=r"my\.yaml: " + problem) as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_whole_float_for_an_integer_key_is_an_int(tmp_path):
+    """JSON Schema counts 2.0 as an integer; range() and slicing do not, so the loaded config has 2."""
+    path = tmp_path / "my.yaml"
+    path.write_text("preset: ci\nface_model:\n  n_shape: 10.0\ne7:\n  batch_sizes: [1.0, 2]\ntraining:\n  lr: 1.0\n")
+    cfg = load_config(path)
+    assert cfg["face_model"]["n_shape"] == 10 and type(cfg["face_model"]["n_shape"]) is int
+    assert [type(b) for b in cfg["e7"]["batch_sizes"]] == [int, int]
+    assert type(cfg["training"]["lr"]) is float  # a number key keeps its float
+    path.write_text("preset: ci\nface_model:\n  n_shape: 10\ne7:\n  batch_sizes: [1, 2]\ntraining:\n  lr: 1.0\n")
+    assert config_hash(cfg) == config_hash(load_config(path))  # the same run as with 10
+    with pytest.raises(MofaError, match=r"face_model\.n_shape: 10\.5 is not of type 'integer'"):
+        load_config("ci", {"face_model.n_shape": 10.5})
 
 
 def test_overrides_nested_and_dotted():

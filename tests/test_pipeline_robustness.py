@@ -436,7 +436,7 @@ def test_make_reproduce_checks_a_config_snakemake_cannot_read(tmp_path, content,
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"mofa: error: {config.name}: {problem}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert "$(BIN)/python -m pipelines._workflow --config $(CONFIG) --unlock-stale" in (REPO_ROOT / "Makefile").read_text()
+    assert '$(BIN)/python -m pipelines._workflow --config "$(CONFIG)" --unlock-stale' in (REPO_ROOT / "Makefile").read_text()
 
 
 # -- a stage's own flags, and intermediates that are there but unreadable ------------------------------------
@@ -506,3 +506,179 @@ def test_a_stage_interrupted_by_ctrl_c_says_so_in_one_line(tmp_path, capsys, res
     errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
     assert status == 130 and errors and errors[-1].endswith("stage synthetic interrupted")
     assert "Traceback" not in "".join(errors) and sorted(p.name for p in tmp_path.iterdir()) == ["ci"]
+
+
+# -- cases found by trying: a command line, Snakemake's --config, folders that cannot be written, a
+# damaged checkpoint, a synthetic split that cannot be drawn ------------------------------------------------
+
+def test_a_command_line_that_argparse_refuses_is_one_line(capsys):
+    """argparse prints its usage before the error: the stage and workflow commands print the error alone."""
+    for argv in (["--config", "ci", "--bogus"], ["--config"], []):
+        with pytest.raises(SystemExit) as exit_:
+            _stage.parse_args("test", argv, prog="python -m pipelines.face_model")
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith("python -m pipelines.face_model: error: ")
+    result = subprocess.run([sys.executable, "-m", "pipelines._workflow", "--bogus"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_snakemake_config_sections_reach_the_check_and_the_stage_typed(tmp_path):
+    """Snakemake reads a `--config section={key: value}` with YAML's BaseLoader (every value text); the
+    workflow reads those values as YAML, as `--set` does, and a dotted key (which Snakemake refuses
+    itself) is one line saying how to give a section."""
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--snakefile",
+                             str(REPO_ROOT / "Snakefile"), "--directory", str(tmp_path), "face_model",
+                             "--configfile", str(REPO_ROOT / "config" / "ci.yaml"),
+                             "--config", "face_model={n_shape: 12, path: null}", "seed=3"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert """--set 'face_model={"n_shape": 12, "path": null}' --set seed=3""" in result.stdout + result.stderr
+    assert snakemake_error(tmp_path, "--configfile", str(REPO_ROOT / "config" / "ci.yaml"), "--config",
+                           "face_model={n_shape: many}").endswith("face_model.n_shape: 'many' is not of type 'integer'")
+    line = snakemake_error(tmp_path, "--configfile", str(REPO_ROOT / "config" / "ci.yaml"), "--config",
+                           "face_model.n_shape=12", status=1)
+    assert line.startswith("mofa: error: --config: ") and "--config 'face_model={n_shape: 10}'" in line
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder on a read-only file system (a tmpfs mounted ro; root can write where chmod forbids it)."""
+    if not _can_mount_tmpfs(tmp_path / "probe"):
+        pytest.skip("mounting a tmpfs needs root")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], check=True)
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_folder_is_named_as_such(read_only):
+    from pipelines._workflow import check_results_folder
+    with pytest.raises(MofaError, match=rf"^{read_only}: cannot write there \(read-only file system\)"):
+        check_results_folder(read_only / "results")
+    with pytest.raises(MofaError) as error:  # the file it was to write, not the temporary it could not create
+        io.write_text(read_only / "table.csv", "a\n")
+    assert str(error.value) == f"{read_only / 'table.csv'}: cannot write (Read-only file system)"
+
+
+def test_an_unwritable_face_model_cache_stops_the_stage_before_the_build(tmp_path, monkeypatch, capsys, restore_logging):
+    from pipelines import face_model
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("MOFA_CACHE_DIR", str(blocker))
+    import mofa.facemodel
+    monkeypatch.setattr(mofa.facemodel, "load_face_model", lambda fm: pytest.fail("built before the cache was checked"))
+    log = tmp_path / "face_model.log"
+    status, errors = run_stage(face_model, {"results_dir": str(tmp_path / "results")}, log, capsys)
+    line = assert_failed_in_one_line(status, errors, log, blocker, "is a file, not a folder", "MOFA_CACHE_DIR")
+    assert "face-model cache" in line
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_face_model, tmp_path_factory):
+    """A finished two-iteration run of a tiny training (its checkpoint kept) and what resumes it."""
+    from mofa.data.synthetic import CodeDistribution, SyntheticSet, generate_split
+    from mofa.decoder import Decoder, PinholeCamera
+    from mofa.encoders import build_encoder
+    from mofa.losses import LossWeights
+    from mofa.training.trainer import TrainSettings, train
+
+    camera = PinholeCamera(image_size=64, focal_length_px=200.0)
+    root = tmp_path_factory.mktemp("syn")
+    generate_split(root, "train", 2, small_face_model, camera, seed=0, dist=CodeDistribution(), progress=False,
+                   workers=1)
+    data, decoder = SyntheticSet(root / "train"), Decoder(small_face_model, camera)
+    settings = TrainSettings(iterations=2, batch_size=2, checkpoint_every=1, input_size=64, progress=False)
+
+    def resume(folder: Path):
+        encoder = build_encoder("alexnet", decoder.layout, rotation_bound_rad=1.0, seed=0)
+        return train(folder, encoder, decoder, data, settings, LossWeights())
+
+    folder = tmp_path_factory.mktemp("run")
+    resume(folder)
+    return folder, resume
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda p: p.write_bytes(p.read_bytes()[:300]), "unreadable checkpoint"),
+    (lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)), "unreadable checkpoint"),
+    (lambda p: torch.save([1, 2], p), "not a trainer checkpoint (a list)"),
+    (lambda p: torch.save({**torch.load(p, weights_only=True), "encoder": {"head.weight": torch.zeros(1)}}, p),
+     "not a checkpoint of this run (RuntimeError"),
+    (lambda p: torch.save({k: v for k, v in torch.load(p, weights_only=True).items() if k != "optimiser"}, p),
+     "not a checkpoint of this run (KeyError: 'optimiser')")])
+def test_a_damaged_checkpoint_is_one_line_naming_it(trained_run, tmp_path, damage, problem):
+    import shutil
+    folder, resume = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(folder, run)
+    damage(run / CHECKPOINT)
+    with pytest.raises(MofaError) as error:
+        resume(run)
+    assert str(error.value).startswith(f"{run / CHECKPOINT}: {problem}") and "\n" not in str(error.value)
+    assert str(error.value).endswith("delete it to start over")
+
+
+def test_a_damaged_run_key_starts_the_run_over(tmp_path):
+    from mofa.training.runs import RUN_KEY, prepare_run_dir
+    (tmp_path / RUN_KEY).write_bytes(b"\xff\xfe{")
+    (tmp_path / CHECKPOINT).write_bytes(b"old")
+    prepare_run_dir(tmp_path, {"config": "abc"})
+    assert not (tmp_path / CHECKPOINT).exists() and json.loads((tmp_path / RUN_KEY).read_text()) == {"config": "abc"}
+
+
+def test_a_synthetic_split_that_cannot_be_drawn_is_said_before_any_work(small_face_model, tmp_path, monkeypatch):
+    import dataclasses
+    from mofa.data import synthetic
+    from mofa.decoder import PinholeCamera
+    camera = PinholeCamera(image_size=32, focal_length_px=100.0)
+    args = dict(model=small_face_model, camera=camera, seed=0, dist=synthetic.CodeDistribution(), progress=False)
+    no_kind = dict(procedural=0, noise=0, colour_field=0, folder=1.0)
+    with pytest.raises(MofaError, match=r"^synthetic\.background_mix: no background kind .*MOFA_BACKGROUND_DIR"):
+        synthetic.generate_split(tmp_path, "train", 2, background_mix=no_kind, **args)
+    model = dataclasses.replace(small_face_model, expression_examples=np.eye(2, 3, dtype=np.float32))
+    with pytest.raises(MofaError, match=r"^synthetic\.distribution\.blendshapes: at most 3 active blendshapes, "
+                                        r"but face model small-sphere has 2$"):
+        synthetic.generate_split(tmp_path, "train", 2, **{**args, "model": model})
+    assert list(tmp_path.iterdir()) == []  # no partial split
+    # a helper process's MofaError reaches the stage as its one line, not as a traceback
+    import queue
+
+    def bad_photo(*args, **kwargs):
+        raise MofaError("bad photo")
+    monkeypatch.setattr(synthetic, "_SampleWriter", bad_photo)
+    results = queue.Queue()
+    synthetic._helper(None, None, 4, 1, results)
+    got = results.get_nowait()
+    assert isinstance(got, MofaError) and str(got) == "bad photo"
+
+
+def test_a_stage_terminated_by_sigterm_removes_its_partial_folder(tmp_path, capsys, restore_logging):
+    """A workflow engine or cluster cancels a job with SIGTERM, whose default ends Python with no
+    clean-up: a stage treats it as Ctrl-C (one line, status 143) and leaves nothing partial."""
+    def terminated(cfg):
+        with io.atomic_dir(tmp_path / "out") as partial:
+            (partial / "half.npy").write_bytes(b"x")
+            with io.atomic_open(tmp_path / "table.csv") as fh:
+                fh.write("a\n")
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler runs here
+    before = signal.getsignal(signal.SIGTERM)
+    status = _stage.main("synthetic", terminated, "test", ["--config", "ci", "--set", f"results_dir={tmp_path}"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert status == 143 and errors and errors[-1].endswith("stage synthetic terminated (SIGTERM)"), errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ci"]
+    assert signal.getsignal(signal.SIGTERM) == before  # put back when the stage ends
+
+
+def test_a_damaged_data_manifest_is_one_line_naming_it(tmp_path):
+    from pipelines.tables import manifest_hash
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"count": ')
+    with pytest.raises(MofaError, match=r"manifest\.json: unreadable data manifest \(not JSON"):
+        manifest_hash(manifest)
+    manifest.write_text("[1]")
+    with pytest.raises(MofaError, match=r"manifest\.json: unreadable data manifest \(a JSON list"):
+        manifest_hash(manifest)

@@ -451,8 +451,18 @@ def test_counts_and_sizes_below_one_are_refused_by_the_parser(args, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 2
-    message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "must be at least 1" in message or "is not a whole number" in message
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines  # argparse's usage is not printed first
+    assert "must be at least 1" in lines[0] or "is not a whole number" in lines[0]
+
+
+@pytest.mark.parametrize("args", [[], ["--bogus"], ["reconstruct"], ["evaluate", "nme"]])
+def test_a_command_line_argparse_refuses_is_one_line(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("mofa"), lines
+    assert "--help lists the options" in lines[0]
 
 
 def test_a_config_that_is_not_utf8_text_is_one_line(tmp_path, capsys):

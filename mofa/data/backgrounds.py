@@ -91,12 +91,20 @@ def photo_crop(rng: np.random.Generator, size: int, files: list[Path]) -> np.nda
     return (crop[..., ::-1] / 255.0).astype(np.float32)
 
 
+def background_kinds(mix: dict[str, float], files: list[Path] | None = None) -> list[str]:
+    """The kinds `mix` draws from: those of positive weight ('folder' only with files); a MofaError when none."""
+    kinds = [k for k in KINDS if mix.get(k, 0) > 0 and (k != "folder" or files)]
+    if not kinds:
+        raise MofaError("synthetic.background_mix: no background kind with a positive weight is available"
+                        + (" (folder needs synthetic.background_folder or MOFA_BACKGROUND_DIR)"
+                           if mix.get("folder", 0) > 0 and not files else ""))
+    return kinds
+
+
 def sample_background(rng: np.random.Generator, size: int, mix: dict[str, float],
                       files: list[Path] | None = None) -> tuple[np.ndarray, str]:
     """Draw a background kind from `mix` (weights; 'folder' needs files) and make it."""
-    kinds = [k for k in KINDS if mix.get(k, 0) > 0 and (k != "folder" or files)]
-    if not kinds:
-        raise MofaError("synthetic.background_mix: no background kind with a positive weight is available")
+    kinds = background_kinds(mix, files)
     weights = np.array([mix[k] for k in kinds], dtype=float)
     kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
     if kind == "folder":

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from mofa.config import schema_default, schema_section_defaults
-from mofa.data.backgrounds import list_images, sample_background
+from mofa.data.backgrounds import background_kinds, list_images, sample_background
 from mofa.decoder import AMBIENT_OFFSET, Decoder, PinholeCamera
 from mofa.decoder.layout import CodeLayout
 from mofa.errors import MofaError
@@ -246,6 +246,8 @@ def _helper(split: _SplitSpec, next_index, n: int, chunk: int, results) -> None:
         with _single_threaded():
             for rows in _write_claimed(_SampleWriter(split, threads=1), next_index, n, chunk):
                 results.put(rows)
+    except MofaError as exc:  # a problem of the input: its one line
+        results.put(MofaError(str(exc)))
     except BaseException:  # noqa: BLE001 - the main process re-raises it
         results.put(traceback.format_exc())
 
@@ -276,8 +278,10 @@ def _write_all(split: _SplitSpec, n: int, chunk: int, workers: int, bar) -> list
             if any(h.exitcode not in (None, 0) for h in helpers):
                 raise MofaError("synthetic: a helper process died (out of memory?); set synthetic.workers: 1") from None
             return []
+        if isinstance(got, MofaError):
+            raise got
         if isinstance(got, str):
-            raise MofaError(f"synthetic: a helper process failed:\n{got}")
+            raise RuntimeError(f"synthetic: a helper process failed (a bug):\n{got}")
         return got
 
     try:
@@ -330,8 +334,13 @@ def _generate_into(partial: Path, split: str, n: int, model: FaceModel, camera: 
     mix = dict(background_mix or schema_section_defaults("synthetic", "background_mix"))
     files = list_images(background_folder) if background_folder else None
 
+    background_kinds(mix, files)  # a mix that draws nothing: said before any work
     region_model = model.drawn(render_region)
     layout = CodeLayout.for_model(region_model)
+    examples = region_model.expression_examples
+    if layout.n_expression and examples is not None and len(examples) and dist.blendshapes[1] > len(examples):
+        raise MofaError(f"synthetic.distribution.blendshapes: at most {dist.blendshapes[1]} active blendshapes, "
+                        f"but face model {model.name} has {len(examples)}")
     face = np.flatnonzero(region_model.regions[model.face_region])
     size = camera.image_size
     shapes = {"images": ((n, size, size, 3), np.uint8), "codes": ((n, layout.size), np.float32),

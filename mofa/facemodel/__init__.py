@@ -87,7 +87,7 @@ def build_face_model(fm: "FaceModelSettings", rebuild: bool = False) -> FaceMode
     try:
         writable_folder(path.parent)  # before the build, not after it
     except MofaError as exc:
-        raise MofaError(f"{exc}; set {CACHE_ENV_VAR} to a writable folder") from None
+        raise MofaError(f"{exc}; it is the face-model cache: set {CACHE_ENV_VAR} to a writable folder") from None
     model = load_face_model(fm)
     try:
         model.save(path)

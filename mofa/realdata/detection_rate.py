@@ -131,7 +131,8 @@ def summary_table(per_image: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mofa detection-rate", description=__doc__.splitlines()[0])
+    from mofa.errors import ArgumentParser
+    parser = ArgumentParser(prog="mofa detection-rate", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

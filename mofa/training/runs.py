@@ -121,7 +121,7 @@ def prepare_run_dir(folder: Path, key: dict) -> None:
     remove_stale_temporaries(folder)  # a checkpoint being written when the last run was killed
     key_file = folder / RUN_KEY
     text = json.dumps(key, indent=2, sort_keys=True) + "\n"
-    if not (key_file.is_file() and key_file.read_text() == text):
+    if not (key_file.is_file() and key_file.read_bytes() == text.encode()):  # an edited or damaged key: start over
         for name in (CHECKPOINT, METRICS, FINAL):
             (folder / name).unlink(missing_ok=True)
         write_text(key_file, text)

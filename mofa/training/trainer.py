@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from mofa.config import schema_default
 from mofa.errors import MofaError, one_line
-from mofa.io import torch_save, write_text
+from mofa.io import read_csv, torch_save, write_text
 from mofa.losses import LossWeights, mofa_loss, with_fitted_light
 from mofa.training.distributed import World
 from mofa.training.precision import encode, prepare_encoder
@@ -209,19 +209,25 @@ def train(run_dir: str | Path, encoder: torch.nn.Module, decoder: torch.nn.Modul
     ckpt_path = run_dir / CHECKPOINT
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
+        if not isinstance(state, dict):
+            raise MofaError(f"{ckpt_path}: not a trainer checkpoint (a {type(state).__name__}); delete it to start over")
         if state.get("settings") != _settings_key(settings):
             raise MofaError(f"{ckpt_path}: was written with other training settings; delete the run folder to start over")
-        encoder.load_state_dict(state["encoder"])
-        optimiser.load_state_dict(state["optimiser"])
-        start_it = int(state["iteration"])
-        running = state.get("running_loss")
-        # The curves so far come from the checkpoint: a workflow engine deletes metrics.csv (a declared
-        # output) before it runs an interrupted stage again. (Checkpoints from before they held the rows:
-        # metrics.csv where it is still there.)
-        if "rows" in state:
-            rows = [dict(r) for r in state["rows"] if r["iteration"] <= start_it]
-        elif (run_dir / METRICS).exists():
-            rows = [r for r in pd.read_csv(run_dir / METRICS).to_dict("records") if r["iteration"] <= start_it]
+        try:  # a file of the right settings but edited or of another encoder: named, not a traceback
+            encoder.load_state_dict(state["encoder"])
+            optimiser.load_state_dict(state["optimiser"])
+            start_it = int(state["iteration"])
+            running = state.get("running_loss")
+            # The curves so far come from the checkpoint: a workflow engine deletes metrics.csv (a declared
+            # output) before it runs an interrupted stage again. (Checkpoints from before they held the rows:
+            # metrics.csv where it is still there.)
+            if "rows" in state:
+                rows = [dict(r) for r in state["rows"] if r["iteration"] <= start_it]
+            elif (run_dir / METRICS).exists():
+                rows = [r for r in read_csv(run_dir / METRICS, ("iteration",), "training curves").to_dict("records")
+                        if r["iteration"] <= start_it]
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise MofaError(f"{ckpt_path}: not a checkpoint of this run ({one_line(exc)}); delete it to start over") from None
         if rows and world.is_main:
             atomic_csv(pd.DataFrame(rows), run_dir / METRICS)
         log.info("resumed %s at iteration %d", run_dir, start_it)

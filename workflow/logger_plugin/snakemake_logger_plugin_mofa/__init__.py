@@ -1,6 +1,6 @@
 """Snakemake's console output for MoFA-Bench: what Snakemake's default handler writes, except the errors
 Snakemake raises while it reads a --configfile, which become the project's own one-line message, and
-its traceback for a `--config` entry that is not KEY=VALUE, which becomes one line.
+its traceback for a `--config` entry that is not KEY=VALUE (or whose KEY is dotted), which becomes one line.
 
 Snakemake reads --configfile in its command line, before any workflow code runs, and reports a missing
 file, a folder or a non-UTF-8 file with a Python traceback, and a malformed one in its own words; the
@@ -26,8 +26,9 @@ from snakemake_interface_logger_plugins.common import LogEvent
 LOADER = "snakemake/common/configfile.py"
 WORKFLOW_ERRORS = ("Config file is not valid JSON or YAML", "Config file must be given as JSON or YAML")
 CONFIGFILE_FLAGS = ("--configfile", "--configfiles")
-# Snakemake's parser of `--config KEY=VALUE ...`, which takes a target written after it for an entry.
-CONFIG_PARSER = "parse_key_value_arg"
+# Snakemake's parsers of `--config KEY=VALUE ...`: the pair's, which takes a target written after it for
+# an entry, and the entries', which refuses a dotted KEY.
+CONFIG_PARSERS = ("parse_key_value_arg", "in parse_config")
 
 
 def configfiles(argv: list[str]) -> list[str]:
@@ -57,9 +58,12 @@ def is_configfile_error(record: logging.LogRecord) -> bool:
 def config_argument_message(record: logging.LogRecord) -> str | None:
     """One line for Snakemake's traceback of a `--config` entry that is not KEY=VALUE, or None."""
     text = record.getMessage()
-    if record.levelno < logging.ERROR or CONFIG_PARSER not in text:
+    if record.levelno < logging.ERROR or not any(parser in text for parser in CONFIG_PARSERS):
         return None
     reason = [line for line in text.splitlines() if line.strip()][-1].removeprefix("ValueError: ")
+    if "valid identifier" in reason:  # face_model.n_shape=10
+        return (f"mofa: error: --config: {reason.rstrip('.')}; Snakemake takes top-level keys only: give a "
+                "section as a mapping, e.g. --config 'face_model={n_shape: 10}'")
     return f"mofa: error: --config: {reason}; give KEY=VALUE entries, and any target before --config"
 
 
