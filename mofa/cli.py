@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
-from mofa.errors import ArgumentParser, MofaError
+from mofa.errors import ArgumentParser, MofaError, Terminated, terminate_as_interrupt
 
 
 def _config(args: argparse.Namespace) -> dict:
@@ -277,24 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminated(signum: int, frame) -> None:
-    """SIGTERM (kill, timeout, a scheduler) as Ctrl-C: the `finally` blocks remove what was being written."""
-    raise KeyboardInterrupt("terminated")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    import signal
-    import threading
-    if threading.current_thread() is not threading.main_thread():
+    with terminate_as_interrupt():
         return _run(args)
-    previous = signal.signal(signal.SIGTERM, _terminated)
-    try:
-        return _run(args)
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -318,10 +307,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"mofa: error: out of memory{f' (tried to allocate {tried})' if tried else ''}; "
               "use a smaller --input-size, batch or image", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:
-        terminated = exc.args == ("terminated",)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        terminated = isinstance(exc, Terminated)
         print(f"mofa: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return 143 if terminated else 130  # 128 + SIGTERM or SIGINT, as a shell reports them
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)  # as a shell reports them
     return status or 0
 
 

@@ -1,6 +1,11 @@
-"""The one error type the command line turns into a one-line message (no traceback), and the
-command-line parser whose own errors are one line too."""
+"""How a user boundary (`mofa`, a stage, the workflow check) ends a problem: the one error type the
+command line turns into a one-line message (no traceback), the command-line parser whose own errors are
+one line too, and SIGTERM raised as Ctrl-C is, so that nothing partial is left."""
 import argparse
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class MofaError(Exception):
@@ -21,3 +26,30 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a workflow engine or a cluster cancelling the job), raised as Ctrl-C's KeyboardInterrupt is,
+    so that what is being written is removed on the way out (atomic writers, `.partial` folders)."""
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM in this process raises Terminated; processes forked inside it (helpers)
+    keep SIGTERM's default action, as their parent ends them with it."""
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: SIGTERM stays as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -18,7 +18,7 @@ import yaml
 
 from mofa import io
 from mofa.config import REPO_ROOT, config_hash, load_config, results_dir, select_device, writable_folder
-from mofa.errors import ArgumentParser, MofaError
+from mofa.errors import ArgumentParser, MofaError, Terminated, terminate_as_interrupt
 from mofa.training import distributed as ddp
 from pipelines.stages import source_files
 
@@ -124,33 +124,6 @@ def publish(source: Path, target: Path) -> Path:
     except OSError:
         io.copy_file(source, target)  # never a cut-short copy under the final name (a full disk)
     return wrote(target)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a workflow engine or a cluster cancelling the job), raised as Ctrl-C's KeyboardInterrupt is,
-    so that what is being written is removed on the way out (atomic writers, `.partial` folders)."""
-
-
-@contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM in this process raises Terminated; processes forked inside it (helpers)
-    keep SIGTERM's default action, as their parent ends them with it."""
-    owner = os.getpid()
-
-    def handler(signum, frame):
-        if os.getpid() != owner:
-            os._exit(128 + signum)
-        raise Terminated
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: SIGTERM stays as it is
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(stage: str, run: Callable[[dict], Mapping], description: str, argv: list[str] | None = None,
