@@ -710,3 +710,18 @@ def test_an_input_size_too_large_for_memory_is_one_line(checkpoint, aflw_folder,
     line = assert_one_line_error(run(capsys, "evaluate", "aflw2000", "--root", str(aflw_folder), "--checkpoint",
                                      str(checkpoint), "--input-size", "100000"))
     assert "out of memory" in line and "--input-size" in line
+
+
+def test_an_aflw2000_image_without_its_mat_is_counted_with_its_reason(aflw_folder, tmp_path):
+    from mofa.realdata.adapters import iter_aflw2000
+    folder = tmp_path / "aflw"
+    folder.mkdir()
+    images = sorted(aflw_folder.glob("*.jpg"))
+    for image in images:
+        (folder / image.name).symlink_to(image.resolve())
+    for image in images[1:]:
+        (folder / image.with_suffix(".mat").name).symlink_to(image.with_suffix(".mat").resolve())
+    samples = list(iter_aflw2000(folder))
+    assert [s.image_path.name for s in samples] == [i.name for i in images]
+    assert samples[0].problem == f"{folder / images[0].name}: no {images[0].stem}.mat annotation beside it"
+    assert all(s.problem is None for s in samples[1:])

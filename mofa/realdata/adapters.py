@@ -46,7 +46,7 @@ class Sample:
     picks among several detections; split_key: what the train/eval hash uses (default: id; a video
     clip or a person, so that near-duplicates stay on one side); dataset_split: the corpus' own
     partition where it has one (CelebA: train, val, test), recorded in the manifest.
-    problem: why the sample's annotation could not be read (a malformed `.mat` or `.pts`): the
+    problem: why the sample's annotation could not be read (a malformed `.mat` or `.pts`, or an AFLW2000 image without its `.mat`): the
     preparation drops it with this reason and goes on with the others.
     """
     id: str
@@ -129,11 +129,14 @@ def iter_aflw2000(root: str | Path) -> Iterator[Sample]:
     from scipy.io import loadmat
 
     root = _root(root, "aflw2000")
-    images = sorted(p for p in root.glob("*.jpg") if p.with_suffix(".mat").is_file())
-    if not images:
+    images = sorted(root.glob("*.jpg"))
+    if not any(p.with_suffix(".mat").is_file() for p in images):
         raise _nothing_found(root, "aflw2000", "imageNNNNN.jpg with a matching imageNNNNN.mat")
     for image in images:
         mat_path = image.with_suffix(".mat")
+        if not mat_path.is_file():  # an image the benchmark cannot score: counted, with its reason
+            yield _unreadable(f"aflw2000/{image.stem}", image, "aflw2000", f"{image}: no {mat_path.name} annotation beside it")
+            continue
         try:
             mat = loadmat(mat_path, variable_names=("pt3d_68", "Pose_Para"))
             points = np.asarray(mat["pt3d_68"], dtype=np.float64)[:2].T
@@ -152,7 +155,7 @@ def iter_aflw2000(root: str | Path) -> Iterator[Sample]:
 
 
 def _unreadable(sample_id: str, image: Path, source: str, problem: str) -> Sample:
-    """A sample whose annotation is malformed: logged, and dropped by the preparation with `problem`."""
+    """A sample whose annotation is malformed or missing: logged, and dropped by the preparation with `problem`."""
     log.warning("skipping %s", problem)
     return Sample(id=sample_id, image_path=image, source=source, problem=problem)
 
