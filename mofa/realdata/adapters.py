@@ -46,8 +46,8 @@ class Sample:
     picks among several detections; split_key: what the train/eval hash uses (default: id; a video
     clip or a person, so that near-duplicates stay on one side); dataset_split: the corpus' own
     partition where it has one (CelebA: train, val, test), recorded in the manifest.
-    problem: why the sample's annotation could not be read (a malformed `.mat` or `.pts`, or an AFLW2000 image without its `.mat`): the
-    preparation drops it with this reason and goes on with the others.
+    problem: why the sample's annotation could not be read (a malformed `.mat` or `.pts`, or an AFLW2000
+    image without its `.mat`): the preparation drops it with this reason and goes on with the others.
     """
     id: str
     image_path: Path
@@ -135,7 +135,8 @@ def iter_aflw2000(root: str | Path) -> Iterator[Sample]:
     for image in images:
         mat_path = image.with_suffix(".mat")
         if not mat_path.is_file():  # an image the benchmark cannot score: counted, with its reason
-            yield _unreadable(f"aflw2000/{image.stem}", image, "aflw2000", f"{image}: no {mat_path.name} annotation beside it")
+            yield _unreadable(f"aflw2000/{image.stem}", image, "aflw2000",
+                              f"{image}: no {mat_path.name} annotation beside it")
             continue
         try:
             mat = loadmat(mat_path, variable_names=("pt3d_68", "Pose_Para"))
