@@ -399,6 +399,14 @@ def test_snakemake_reading_a_configfile_it_cannot_gives_the_projects_line(tmp_pa
     assert snakemake_error(tmp_path, "--configfile", str(config), status=1).startswith(f"mofa: error: {config.name}: {problem}")
 
 
+@pytest.mark.parametrize("word, problem", [
+    ("ci", "--configfile ci: Snakemake reads files, not preset names: --configfile config/ci.yaml"),
+    ("e1_synthetic", "--configfile e1_synthetic: no such config file; Snakemake reads every word after --configfile")])
+def test_a_preset_name_or_a_target_after_configfile_is_one_line(tmp_path, word, problem):
+    configs = [word] if word == "ci" else [str(REPO_ROOT / "config" / "ci.yaml"), word]
+    assert snakemake_error(tmp_path, "--configfile", *configs, status=1).startswith(f"mofa: error: {problem}")
+
+
 def test_a_target_after_config_entries_is_one_line(tmp_path):
     line = snakemake_error(tmp_path, "--configfile", str(REPO_ROOT / "config" / "ci.yaml"), "--config", "seed=1",
                            "face_model", status=1)

@@ -74,6 +74,17 @@ def project_message(files: list[str]) -> str | None:
         from mofa.errors import MofaError
     except ImportError:  # mofa not importable here: Snakemake's message stands
         return None
+    from pathlib import Path
+
+    from mofa.config import presets
+    for name in files:  # a bare word: a preset's name, or a target written after --configfile
+        if Path(name).suffix or len(Path(name).parts) > 1 or Path(name).exists():
+            continue
+        if name in presets():
+            return (f"mofa: error: --configfile {name}: Snakemake reads files, not preset names: "
+                    f"--configfile config/{name}.yaml (or make reproduce PRESET={name})")
+        return (f"mofa: error: --configfile {name}: no such config file; Snakemake reads every word after "
+                "--configfile as a config file: write targets before it (snakemake --cores all TARGET --configfile FILE)")
     try:
         load_config(files)
     except MofaError as exc:
