@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -86,7 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mofa.config import load_config, select_device
     from mofa.evaluation.aflw2000 import benchmark_folder
     from mofa.facemodel import build_face_model
-    from mofa.encoders.card import card_path, read_card, weights_path
+    from mofa.encoders.card import card_path, check_input_size, problems_named_by, read_card, weights_path
     from mofa.realdata.crop_policy import CropPolicy
     from mofa.settings import Settings
     from mofa.training.runs import load_encoder, training_decoder
@@ -113,11 +114,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if "preset" not in card:
             raise MofaError(f"{card_path(args.checkpoint)}: encoder card without preset; "
                             "pass --config")
-        try:
+        with problems_named_by(card_path(args.checkpoint)):
             cfg = load_config(card["preset"], {k: card[k] for k in ("face_model", "camera", "light") if k in card}
                               | {"training.rotation_bound_deg": card.get("rotation_bound_deg")})
-        except MofaError as exc:  # the card's preset or settings
-            raise MofaError(f"{card_path(args.checkpoint)}: {exc}") from None
     else:
         cfg = load_config(args.config or "default")
     if args.device:
@@ -126,18 +125,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     settings = Settings.from_config(cfg)
     device = select_device(settings.device)
     decoder = training_decoder(settings, build_face_model(settings.face_model)).to(device)
-    try:
+    with problems_named_by(card_path(args.checkpoint), args.checkpoint) if card else contextlib.nullcontext():
         encoder, trained_size = load_encoder(settings, encoder_name, decoder, args.checkpoint)
-    except MofaError as exc:  # the card's encoder or options, unless the error names its file already
-        if not card or str(exc).startswith((str(args.checkpoint), str(card_path(args.checkpoint)))):
-            raise
-        raise MofaError(f"{card_path(args.checkpoint)}: {exc}") from None
     input_size = args.input_size or trained_size or settings.training.input_size
-    if input_size < encoder.min_input_size:  # before the crops are made, not after
-        source = ("--input-size" if args.input_size else "training.input_size" if not trained_size
-                  else card_path(args.checkpoint) if card.get("input_size") == trained_size else args.checkpoint)
-        raise MofaError(f"{source}: input size {input_size} px, but the {encoder_name} encoder needs at least "
-                        f"{encoder.min_input_size} px")
+    check_input_size(encoder, encoder_name, input_size,
+                     "--input-size" if args.input_size else "training.input_size" if not trained_size
+                     else card_path(args.checkpoint) if card.get("input_size") == trained_size else args.checkpoint)
     result = benchmark_folder(args.root, encoder.to(device), decoder, input_size, CropPolicy.from_settings(settings),
                               max_images=args.limit, progress=args.verbose)
     print(f"{encoder_name} encoder from {args.checkpoint} (input {input_size} px) on {args.root}:")

@@ -59,11 +59,9 @@ class Reconstructor:
         checkpoint = card_module.weights_path(checkpoint)
         card_path = card_module.card_path(checkpoint)
         card = card_module.read_card(card_path, required=True)
-        try:  # the card's preset and settings: a problem with them is the card's
+        with card_module.problems_named_by(card_path):
             settings = load_settings(card["preset"], overrides={"face_model": card["face_model"], "camera": card["camera"],
                                                                 "light": card["light"]})
-        except MofaError as exc:
-            raise MofaError(f"{card_path}: {exc}") from None
         model = build_face_model(settings.face_model)
         camera, ambient = settings.camera, settings.light.ambient_offset
         decoder = Decoder(model.submesh(model.face_region), camera, ambient)
@@ -71,15 +69,11 @@ class Reconstructor:
             raise MofaError(f"{card_path}: code layout {card['code_layout']} does not match the face model's "
                             f"{decoder.layout.sizes}")
         mesh_decoder = Decoder(model.drawn(), camera, ambient)
-        try:
+        with card_module.problems_named_by(card_path):
             encoder = build_encoder(card["encoder"], decoder.layout,
                                     rotation_bound_rad=card_module.rotation_bound_rad(card["rotation_bound_deg"]),
                                     module=card.get("module"), options=card.get("options"))
-        except MofaError as exc:
-            raise MofaError(f"{card_path}: {exc}") from None
-        if card["input_size"] < encoder.min_input_size:  # else every photo would fail with it
-            raise MofaError(f"{card_path}: input size {card['input_size']} px, but the {card['encoder']} encoder "
-                            f"needs at least {encoder.min_input_size} px")
+        card_module.check_input_size(encoder, card["encoder"], card["input_size"], card_path)  # not every photo failing
         card_module.load_weights(encoder, state, checkpoint, card["encoder"])
         return cls(encoder.eval(), decoder, mesh_decoder, int(card["input_size"]), checkpoint,
                    CropPolicy.from_settings(settings))

@@ -5,10 +5,11 @@ the face model, camera and light, and the preset. This module is the one place t
 loads it, with the errors."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,6 +87,26 @@ def read_card(path: str | Path, required: bool = False) -> dict:
         if problem:
             raise MofaError(f"{path}: not a valid encoder card ({problem})")
     return card
+
+
+@contextlib.contextmanager
+def problems_named_by(path: str | Path, *named_already: str | Path) -> Iterator[None]:
+    """A MofaError raised in the block by what a card holds (its preset, settings, encoder, options) names
+    the card: `path` in front of its message, unless the message starts with `path` or `named_already`."""
+    try:
+        yield
+    except MofaError as exc:
+        if str(exc).startswith(tuple(map(str, (path, *named_already)))):
+            raise
+        raise MofaError(f"{path}: {exc}") from None
+
+
+def check_input_size(encoder: torch.nn.Module, name: str, size: int, source: str | Path) -> None:
+    """A MofaError naming `source` (a flag, a config key, a card) where `size` px is below the smallest
+    input the encoder's backbone accepts: said before any crop is made, not from its forward pass."""
+    if size < encoder.min_input_size:
+        raise MofaError(f"{source}: input size {size} px, but the {name} encoder needs at least "
+                        f"{encoder.min_input_size} px")
 
 
 def weights_path(checkpoint: str | Path) -> Path:
