@@ -22,8 +22,9 @@ if not workflow.overwrite_configfiles:
 
 # The project's own check (mofa/config.py against config/schema.yaml), with `mofa`'s one-line messages;
 # the config the rules read is the validated one, defaults filled.
+OVERRIDES = snakemake_overrides(workflow.config_settings.config)  # `--config KEY=VALUE`, typed; the rules pass them on
 try:
-    checked = checked_config(workflow.configfiles, snakemake_overrides(workflow.config_settings.config))
+    checked = checked_config(workflow.configfiles, OVERRIDES)
 except MofaError as exc:
     print(f"mofa: error: {exc}", file=sys.stderr)
     sys.exit(2)

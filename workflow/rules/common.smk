@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pipelines import paths
-from pipelines._workflow import snakemake_overrides
 from pipelines.stages import STAGES, source_files
 
 PYTHON = shlex.quote(sys.executable)  # the interpreter running Snakemake, which has the project installed
@@ -17,7 +16,7 @@ CONFIG_FILES = [os.path.relpath(p) for p in workflow.configfiles]  # --configfil
 # What the stages are told: the same config files, plus any `snakemake --config KEY=VALUE` overrides.
 CONFIG_ARGS = " ".join(
     [f"--config {shlex.quote(f)}" for f in CONFIG_FILES]
-    + [f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in snakemake_overrides(workflow.config_settings.config).items()]
+    + [f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in OVERRIDES.items()]  # OVERRIDES: the Snakefile's
 )
 
 
